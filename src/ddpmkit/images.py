@@ -1,0 +1,42 @@
+"""Turning samples into pictures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .files import atomic_path
+
+
+def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> np.ndarray:
+    """(N, C, H, W) samples in ``data_range`` to (N, H, W, C) uint8, rounding to the nearest level."""
+    lo, hi = data_range
+    u = (x.detach().to(torch.float64).cpu().clamp(lo, hi) - lo) / (hi - lo)
+    return (u * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def labelled_grid(rows: Sequence[torch.Tensor], labels: Sequence[str], *, scale: int = 4, pad: int = 2,
+                  data_range=(-1.0, 1.0)) -> Image.Image:
+    """One row of images per entry of ``rows`` (each (N, C, H, W)), its label on the left."""
+    tiles = [to_uint8(r, data_range) for r in rows]
+    n, h, w, c = tiles[0].shape
+    h, w = h * scale, w * scale
+    label_w = 8 + 6 * max(len(s) for s in labels)
+    grid = Image.new("RGB", (label_w + n * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (row, label) in enumerate(zip(tiles, labels)):
+        y = pad + r * (h + pad)
+        draw.text((4, y + h // 2 - 5), label, fill="black")
+        for i, img in enumerate(row):
+            pic = Image.fromarray(img[..., 0] if c == 1 else img).convert("RGB").resize((w, h), Image.NEAREST)
+            grid.paste(pic, (label_w + pad + i * (w + pad), y))
+    return grid
+
+
+def save_image(img: Image.Image, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

@@ -1,0 +1,121 @@
+"""What the network predicts, and the Denoiser that turns any of it into (eps_hat, x0_hat).
+
+With x_t = a x0 + b eps, a = sqrt(abar_t), b = sqrt(1 - abar_t), a network may predict
+  - ``eps``: the noise (Ho et al. 2020),
+  - ``x0``: the clean sample (diffusers calls it ``sample``),
+  - ``v`` = a eps - b x0 (Salimans & Ho 2022, "Progressive Distillation", §4).
+Samplers only ever see eps_hat and x0_hat, so they never branch on the parameterisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .schedule import NoiseSchedule, _choice_error
+
+PREDICTIONS = ("eps", "x0", "v")
+# diffusers' names, accepted so a diffusers config can be read as it is
+_ALIASES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+def check_prediction(prediction: str) -> str:
+    prediction = _ALIASES.get(prediction, prediction)
+    if prediction not in PREDICTIONS:
+        raise _choice_error("prediction type", prediction, PREDICTIONS)
+    return prediction
+
+
+def to_eps_x0(output: torch.Tensor, x_t: torch.Tensor, abar: float, prediction: str):
+    """Convert a network output at noise level abar into (eps_hat, x0_hat)."""
+    a, b = math.sqrt(abar), math.sqrt(1.0 - abar)
+    if prediction == "eps":
+        if a == 0.0:
+            raise ValueError("prediction 'eps' cannot give x0 where abar = 0 (zero terminal SNR); use 'v' or 'x0'")
+        return output, (x_t - b * output) / a
+    if prediction == "x0":
+        return (x_t - a * output) / b, output
+    if prediction == "v":
+        return b * x_t + a * output, a * x_t - b * output
+    raise _choice_error("prediction type", prediction, PREDICTIONS)
+
+
+def training_target(x0: torch.Tensor, eps: torch.Tensor, abar, prediction: str) -> torch.Tensor:
+    """The regression target for a network of the given parameterisation. ``abar`` may be a float
+    or a tensor broadcastable against x0 (one noise level per sample)."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        a = abar**0.5 if isinstance(abar, float) else abar.sqrt()
+        b = (1.0 - abar) ** 0.5 if isinstance(abar, float) else (1.0 - abar).sqrt()
+        return a * eps - b * x0
+    raise _choice_error("prediction type", prediction, PREDICTIONS)
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float | None = None, data_range=(-1.0, 1.0)):
+    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): per sample, s = the ``ratio``
+    quantile of |x0| (in units of the data range's half-width), s = max(s, 1), then x0 is clipped
+    to [-s, s] and divided by s. ``max_value`` caps s (diffusers' ``sample_max_value``)."""
+    lo, hi = data_range
+    centre, half = (lo + hi) / 2, (hi - lo) / 2
+    u = ((x0 - centre) / half).reshape(x0.shape[0], -1)
+    work = u if u.dtype in (torch.float32, torch.float64) else u.float()
+    s = torch.quantile(work.abs(), ratio, dim=1).clamp(min=1.0, max=max_value)[:, None]
+    u = (torch.clamp(work, -s, s) / s).to(x0.dtype)
+    return centre + half * u.reshape(x0.shape)
+
+
+class Denoiser:
+    """Wraps ``model(x_t, t) -> output`` into ``denoiser(x_t, t) -> (eps_hat, x0_hat)``.
+
+    ``t`` is a scalar timestep (integer or fractional); the model receives a 1-D tensor of the
+    batch size, int64 when t is a whole number (as diffusers passes it) and float32 otherwise.
+    ``clip=True`` clamps x0_hat to ``data_range``; ``threshold=p`` applies dynamic thresholding with
+    quantile p instead. After either, eps_hat is recomputed from the adjusted x0_hat so the pair
+    stays consistent with x_t (as improved/guided-diffusion's DDIM does). ``nfe`` counts model calls.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        *,
+        clip: bool = False,
+        threshold: float | None = None,
+        threshold_max: float | None = None,
+        data_range: tuple[float, float] = (-1.0, 1.0),
+    ):
+        self.model, self.schedule = model, schedule
+        self.prediction = check_prediction(prediction)
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold={threshold} is not a quantile; need a value in (0, 1]")
+        if threshold_max is not None and threshold_max < 1.0:
+            raise ValueError(f"threshold_max={threshold_max} must be >= 1")
+        self.clip, self.threshold, self.threshold_max = bool(clip), threshold, threshold_max
+        self.data_range = (float(data_range[0]), float(data_range[1]))
+        self.nfe = 0
+
+    def timestep_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        if float(t).is_integer():
+            return torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
+        return torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
+
+    def __call__(self, x_t: torch.Tensor, t: float):
+        abar = self.schedule.abar_at(t)
+        output = self.model(x_t, self.timestep_tensor(t, x_t))
+        self.nfe += 1
+        if output.shape != x_t.shape:
+            raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x_t.shape)}")
+        eps, x0 = to_eps_x0(output.to(x_t.dtype), x_t, abar, self.prediction)
+        if self.threshold is not None or self.clip:
+            if self.threshold is not None:
+                x0 = dynamic_threshold(x0, self.threshold, self.threshold_max, self.data_range)
+            else:
+                x0 = x0.clamp(*self.data_range)
+            eps = (x_t - math.sqrt(abar) * x0) / math.sqrt(1.0 - abar)
+        return eps, x0

@@ -1,0 +1,231 @@
+"""Noise schedules and step grids of the discrete-time variance-preserving diffusion.
+
+Forward process (Ho et al. 2020, eq. 4): q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) with
+abar_t = prod_{s<=t} (1 - beta_s). Timesteps are indexed t = 0..T-1, t = 0 least noisy (the
+papers count 1..T). All tables are float64 NumPy arrays; once a named schedule ships its
+numbers never change (tests pin them to their closed forms).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
+SPACINGS = ("leading", "trailing", "linspace")
+MAX_BETA = 0.999  # Nichol & Dhariwal 2021, §3.2: cap beta to avoid a singularity near t = T
+
+
+def _choice_error(what: str, value, valid: Sequence[str]) -> ValueError:
+    return ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def betas_from_alpha_bar(alpha_bar: Callable[[float], float], T: int, max_beta: float = MAX_BETA) -> np.ndarray:
+    """Discretise a continuous abar(u), u in [0, 1], into T betas (Nichol & Dhariwal 2021, eq. 17):
+    beta_t = min(1 - abar((t+1)/T) / abar(t/T), max_beta)."""
+    u = np.arange(T + 1, dtype=np.float64) / T
+    ab = np.array([alpha_bar(x) for x in u], dtype=np.float64)
+    return np.minimum(1.0 - ab[1:] / ab[:-1], max_beta)
+
+
+def cosine_alpha_bar(u: float, s: float = 0.008) -> float:
+    """f(u) = cos^2(((u + s) / (1 + s)) * pi / 2) of Nichol & Dhariwal 2021, eq. 17 (unnormalised)."""
+    return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def sigmoid_alpha_bar(u: float, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> float:
+    """The sigmoid schedule of Chen 2023, "On the Importance of Noise Scheduling for Diffusion
+    Models", Algorithm 1: abar(u) = (sig(end/tau) - sig(((end-start) u + start)/tau)) /
+    (sig(end/tau) - sig(start/tau)). (diffusers' "sigmoid" is a different, GeoDiff beta schedule.)"""
+
+    def sig(z: float) -> float:
+        return 1.0 / (1.0 + math.exp(-z))
+
+    v_start, v_end = sig(start / tau), sig(end / tau)
+    return (v_end - sig(((end - start) * u + start) / tau)) / (v_end - v_start)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps Are Flawed", Algorithm 1:
+    shift and scale sqrt(abar) so that abar_{T-1} = 0 while abar_0 keeps its value."""
+    sqrt_ab = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_ab[0], sqrt_ab[-1]
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    ab = sqrt_ab**2
+    alphas = np.concatenate([ab[:1], ab[1:] / ab[:-1]])
+    return 1.0 - alphas
+
+
+class NoiseSchedule:
+    """A named beta schedule over T discrete timesteps, with its float64 tables.
+
+    Names:
+      - ``linear``: Ho et al. 2020, beta linear from 1e-4 to 0.02 at T = 1000. For other T the
+        default endpoints scale by 1000/T (improved-diffusion's rule) so that abar_{T-1} stays near 0;
+        explicit ``beta_start``/``beta_end`` are used as given.
+      - ``scaled_linear``: Rombach et al. 2022 (Stable Diffusion): sqrt(beta) linear from
+        sqrt(0.00085) to sqrt(0.012), defaults scaled by 1000/T like ``linear``.
+      - ``cosine``: Nichol & Dhariwal 2021, eq. 17, offset ``s`` = 0.008, beta capped at 0.999
+        (diffusers: ``squaredcos_cap_v2``).
+      - ``sigmoid``: Chen 2023, Algorithm 1 (``start`` = -3, ``end`` = 3, ``tau`` = 1), discretised
+        like the cosine schedule.
+
+    ``zero_terminal_snr=True`` rescales any of them so that abar_{T-1} = 0 (Lin et al. 2023); the
+    network must then predict ``v`` or ``x0``, since eps cannot give x0 where abar = 0.
+    """
+
+    _PARAMS = {
+        "linear": {"beta_start": 1e-4, "beta_end": 0.02},
+        "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012},
+        "cosine": {"s": 0.008},
+        "sigmoid": {"start": -3.0, "end": 3.0, "tau": 1.0},
+    }
+
+    def __init__(self, name: str = "linear", T: int = 1000, *, zero_terminal_snr: bool = False, **params: float):
+        if name not in SCHEDULES:
+            raise _choice_error("schedule", name, SCHEDULES)
+        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 2:
+            raise ValueError(f"T={T!r} is not a valid number of diffusion steps; need an integer >= 2")
+        defaults = self._PARAMS[name]
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r} for schedule {name!r}; valid: {', '.join(defaults)}"
+            )
+        resolved = {k: (float(params[k]) if params.get(k) is not None else None) for k in defaults}
+        if name in ("linear", "scaled_linear"):
+            for k in ("beta_start", "beta_end"):
+                if resolved[k] is None:
+                    resolved[k] = defaults[k] * 1000.0 / T
+        else:
+            resolved = {k: (defaults[k] if v is None else v) for k, v in resolved.items()}
+        self.name, self.T, self.zero_terminal_snr, self.params = name, int(T), bool(zero_terminal_snr), resolved
+
+        betas = self._make_betas()
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        if not (np.all(betas > 0) and np.all(betas <= 1)):
+            raise ValueError(f"schedule {name!r} with {resolved} gives betas outside (0, 1]")
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(self.alphas)
+        for table in (self.betas, self.alphas, self.alphas_cumprod):
+            table.flags.writeable = False
+
+    def _make_betas(self) -> np.ndarray:
+        p, T = self.params, self.T
+        if self.name == "linear":
+            return np.linspace(p["beta_start"], p["beta_end"], T, dtype=np.float64)
+        if self.name == "scaled_linear":
+            return np.linspace(p["beta_start"] ** 0.5, p["beta_end"] ** 0.5, T, dtype=np.float64) ** 2
+        if self.name == "cosine":
+            return betas_from_alpha_bar(lambda u: cosine_alpha_bar(u, p["s"]), T)
+        return betas_from_alpha_bar(lambda u: sigmoid_alpha_bar(u, p["start"], p["end"], p["tau"]), T)
+
+    # -- configuration -------------------------------------------------------------------------
+    def to_config(self) -> dict:
+        return {"name": self.name, "T": self.T, "zero_terminal_snr": self.zero_terminal_snr, **self.params}
+
+    @classmethod
+    def from_config(cls, config: dict) -> NoiseSchedule:
+        config = dict(config)
+        return cls(config.pop("name"), config.pop("T"), zero_terminal_snr=config.pop("zero_terminal_snr", False), **config)
+
+    def __repr__(self) -> str:
+        extra = ", zero_terminal_snr=True" if self.zero_terminal_snr else ""
+        return f"NoiseSchedule({self.name!r}, T={self.T}{extra})"
+
+    # -- derived quantities --------------------------------------------------------------------
+    @property
+    def sigmas(self) -> np.ndarray:
+        """sigma_t = sqrt((1 - abar_t) / abar_t): the noise level of x_t / sqrt(abar_t) (EDM/VE view)."""
+        return sigma_from_abar(self.alphas_cumprod)
+
+    @property
+    def log_snr(self) -> np.ndarray:
+        """lambda_t = log(abar_t / (1 - abar_t)) (Kingma et al. 2021); -inf where abar_t = 0."""
+        return log_snr_from_abar(self.alphas_cumprod)
+
+    def abar_at(self, t):
+        """abar at integer or fractional timesteps t in [0, T-1].
+
+        Between integer timesteps logSNR is interpolated linearly (equivalently log sigma, as in
+        k-diffusion); abar itself is interpolated on a segment that touches abar = 0.
+        Returns a float for a scalar t, else a float64 array.
+        """
+        tt = np.asarray(t, dtype=np.float64)
+        if np.any(~np.isfinite(tt)) or np.any(tt < 0) or np.any(tt > self.T - 1):
+            bad = tt[~((tt >= 0) & (tt <= self.T - 1))].ravel()[0]
+            raise ValueError(f"timestep {bad:g} is outside [0, {self.T - 1}]")
+        lo = np.floor(tt).astype(np.int64)
+        hi = np.minimum(lo + 1, self.T - 1)
+        w = tt - lo
+        ab = self.alphas_cumprod
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = log_snr_from_abar(ab[lo]) * (1 - w) + log_snr_from_abar(ab[hi]) * w
+            out = np.where(ab[hi] > 0, 1.0 / (1.0 + np.exp(-lam)), ab[lo] * (1 - w) + ab[hi] * w)
+        out = np.where(w == 0, ab[lo], out)
+        return float(out) if out.ndim == 0 else out
+
+    def transitions(self, grid: Sequence[float]) -> list[tuple[float, float, float]]:
+        """(t, abar_t, abar_next) for every step of a descending grid. After its last entry the
+        sample goes to abar = 1 (clean data), never to abar_0."""
+        ts = [float(t) for t in grid]
+        abars = [self.abar_at(t) for t in ts] + [1.0]
+        return [(ts[i], abars[i], abars[i + 1]) for i in range(len(ts))]
+
+
+def sigma_from_abar(abar):
+    with np.errstate(divide="ignore"):
+        return np.sqrt((1.0 - np.asarray(abar, dtype=np.float64)) / np.asarray(abar, dtype=np.float64))
+
+
+def log_snr_from_abar(abar):
+    abar = np.asarray(abar, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(abar) - np.log1p(-abar)
+
+
+def make_grid(T: int, steps: int, spacing: str = "trailing", offset: int = 0) -> np.ndarray:
+    """A descending grid of ``steps`` integer timesteps out of 0..T-1, with diffusers' spacings
+    (Lin et al. 2023, Table 2):
+
+      - ``leading``:  (T // steps) * [steps-1, ..., 1, 0] + offset
+      - ``trailing``: round(T - i T/steps) - 1 for i = 0..steps-1, so the grid starts at T-1
+        and the last jump to clean data is as long as the others
+      - ``linspace``: round(linspace(0, T-1, steps)), reversed
+
+    ``trailing`` computes each entry directly; diffusers builds it with a float ``np.arange`` and
+    for some counts (e.g. T = 1000, steps = 61) returns one extra timestep -1 — otherwise equal.
+    """
+    if spacing not in SPACINGS:
+        raise _choice_error("spacing", spacing, SPACINGS)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
+        raise ValueError(f"steps={steps!r} is not valid; need an integer in [1, {T}]")
+    if offset and spacing != "leading":
+        raise ValueError(f"offset={offset} applies only to the 'leading' spacing, not {spacing!r}")
+    if spacing == "leading":
+        grid = np.arange(steps, dtype=np.int64)[::-1] * (T // steps) + int(offset)
+    elif spacing == "trailing":
+        # the step as np.arange(T, 0, -T/steps) effectively uses it, so that rounding agrees bit for bit
+        delta = (T - T / steps) - T
+        grid = np.round(T + np.arange(steps) * delta).astype(np.int64) - 1
+    else:
+        grid = np.round(np.linspace(0, T - 1, steps))[::-1].astype(np.int64)
+    if grid.max() > T - 1 or grid.min() < 0:
+        raise ValueError(f"offset={offset} moves the leading grid outside [0, {T - 1}]")
+    return grid.copy()
+
+
+def check_grid(grid, T: int) -> np.ndarray:
+    """Validate a user-supplied grid: strictly descending timesteps inside [0, T-1]."""
+    g = np.asarray(grid, dtype=np.float64).ravel()
+    if g.size == 0:
+        raise ValueError("the step grid is empty; give at least one timestep")
+    if np.any(~np.isfinite(g)) or g.min() < 0 or g.max() > T - 1:
+        raise ValueError(f"grid timesteps must lie in [0, {T - 1}]; got {g.min():g}..{g.max():g}")
+    if np.any(np.diff(g) >= 0):
+        raise ValueError("grid timesteps must be strictly descending (noisiest first)")
+    return g

@@ -1,0 +1,47 @@
+"""The ``ddpmkit`` command, run the way a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ddpmkit.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "ddpmkit", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_samplers_lists_every_sampler_with_defaults(capsys):
+    assert main(["samplers"]) == 0
+    out = capsys.readouterr().out
+    assert "ddpm     variance='small'" in out and "ddim     eta=0.0" in out and "Algorithm 2" in out
+
+
+def test_demo_writes_grid_and_table(tmp_path):
+    out = tmp_path / "d.png"
+    r = run("demo", "--out", str(out), "--num", "6", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "d.md").read_text()
+    assert table.count("\n| ") == 9 and "| ddpm 1000 small | 1000 |" in table
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["demo", "--out", "x.jpg"], "--out x.jpg must name a .png file"),
+        (["demo", "--num", "many"], "--num: 'many' is not an integer >= 1"),
+        (["demo", "--num", "0"], "--num: '0' is not an integer >= 1"),
+        (["sample"], "invalid choice: 'sample'"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message):
+    r = run(*args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_shows_defaults():
+    r = run("demo", "--help")
+    assert r.returncode == 0 and "out/demo.png)" in r.stdout and "(default: 200)" in r.stdout
