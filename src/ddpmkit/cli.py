@@ -1,16 +1,21 @@
-"""The ``ddpmkit`` command."""
+"""The ``ddpmkit`` command: train, sample, samplers, demo."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import pathlib
 import platform
+import shlex
 import sys
 
 import torch
 
 from . import __version__
 from .samplers import SAMPLERS, describe, sampler_options
+
+FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def positive_int(text: str) -> int:
@@ -23,12 +28,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
+# -- ddpmkit samplers ------------------------------------------------------------------------------
 def _cmd_samplers(args) -> None:
     for name in SAMPLERS:
         opts = ", ".join(f"{k}={v!r}" for k, v in sampler_options(name).items()) or "no options"
         print(f"{name:<8} {opts}\n         {describe(name)}")
 
 
+# -- ddpmkit demo ----------------------------------------------------------------------------------
 def _cmd_demo(args) -> None:
     from .demo import markdown_table, run_demo
     from .files import write_text
@@ -49,22 +66,231 @@ def _cmd_demo(args) -> None:
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
+# -- ddpmkit train ---------------------------------------------------------------------------------
+TRAIN_HELP = {
+    "dataset": "digits, mnist, fashion-mnist, cifar10 or folder:PATH",
+    "data_dir": "folder with the dataset's files (default: data/DATASET)",
+    "download": "download the dataset's official files into --data-dir if they are missing",
+    "image_size": "resize every image to this square side (shorter side, then centre crop); needed for "
+                  "folders of mixed sizes (default: the native size)",
+    "net": "U-Net preset: auto (digits for 8x8 data, small otherwise), tiny, small, digits",
+    "dropout": "dropout in the residual blocks",
+    "schedule": "noise schedule: linear, scaled_linear, cosine, sigmoid",
+    "T": "number of diffusion timesteps",
+    "prediction": "what the network predicts: eps, x0 or v",
+    "steps": "total optimisation steps (with --resume: the new total)",
+    "batch_size": "images per step",
+    "lr": "AdamW learning rate after warm-up",
+    "warmup": "linear learning-rate warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "clip the gradient norm to this",
+    "ema_decay": "EMA decay of the weights used for sampling",
+    "min_snr_gamma": "min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; off when not given",
+    "seed": "seed of the data order, timesteps, noise, dropout and initial weights",
+    "checkpoint_every": "write the checkpoint every this many steps",
+    "sample_every": "write a sample grid every this many steps",
+    "log_every": "append a line to log.jsonl every this many steps",
+}
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        helptext = TRAIN_HELP[f.name] + ("" if default is None else f" (default: {default})")
+        # SUPPRESS: only options the user gives reach the trainer, so --resume can tell them apart
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=helptext)
+        else:
+            kind = {int: positive_int, float: float}.get(type(default), str)
+            if f.name in ("warmup", "seed"):
+                kind = nonneg_int
+            elif f.name == "min_snr_gamma":
+                kind = float
+            elif f.name == "image_size":
+                kind = positive_int
+            p.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=helptext)
+
+
+def _cmd_train(args) -> None:
+    from .train import TrainConfig, Trainer
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {k: v for k, v in vars(args).items() if k in names}
+    command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    trainer = Trainer(args.out, options, resume=args.resume, device=args.device, quiet=args.quiet, command=command)
+    if not args.quiet:
+        from .nets import count_parameters
+
+        what = "resuming at step %d" % trainer.step if args.resume else "new run"
+        print(f"{trainer.out}: {what}; {trainer.data.name} {len(trainer.data)} images {trainer.data.shape}, "
+              f"U-Net {count_parameters(trainer.net) / 1e6:.2f}M parameters, {trainer.cfg.steps} steps")
+    model = trainer.run()
+    print(f"wrote {model} (step {trainer.step})")
+
+
+# -- ddpmkit sample --------------------------------------------------------------------------------
+def _all_sampler_options() -> dict[str, dict[str, object]]:
+    """option name -> {sampler: default} over every registered sampler."""
+    out: dict[str, dict[str, object]] = {}
+    for name in SAMPLERS:
+        for opt, default in sampler_options(name).items():
+            out.setdefault(opt, {})[name] = default
+    return out
+
+
+def _add_sample_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a checkpoint file, or a training run's folder")
+    p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default: all T for ddpm, 50 for the others)")
+    p.add_argument("--spacing", default="trailing", help="step grid: leading, trailing or linspace")
+    for opt, per_sampler in _all_sampler_options().items():
+        kinds = {type(v) for v in per_sampler.values() if v is not None}
+        kind = float if kinds <= {float, int} and kinds else str
+        defaults = ", ".join(f"{s}: {v!r}" for s, v in per_sampler.items())
+        p.add_argument("--" + opt.replace("_", "-"), dest=opt, type=kind, default=None,
+                       help=f"sampler option ({defaults})")
+    p.add_argument("--clip", action="store_true", help="clamp x0_hat to the data range at every step")
+    p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
+    p.add_argument("--num", type=positive_int, default=None, help="number of samples (default: 16, or as many as --init-noise holds)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="sample i uses seed SEED + i")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per network call")
+    p.add_argument("--init-noise", default=None, help=".npy file of x_T, shape (N, C, H, W)")
+    p.add_argument("--out", required=True, help="grid.png (an image grid), samples.npz (float32 in [-1, 1] and seeds) "
+                   "or a folder (one PNG per sample, named by its seed)")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _output_kind(out: pathlib.Path) -> str:
+    """Decide what --out is and check it can be written, before any sampling is spent."""
+    suffix = out.suffix.lower()
+    kind = {".png": "grid", ".npz": "npz"}.get(suffix, "dir")
+    if kind == "dir" and suffix in (".jpg", ".jpeg", ".npy", ".pt", ".gif"):
+        raise ValueError(f"--out {out}: use .png for a grid, .npz for arrays, or a folder name")
+    target_dir = out if kind == "dir" else out.parent
+    probe = target_dir if target_dir.exists() else target_dir.parent
+    if kind == "dir" and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a .png, a .npz or a folder")
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise ValueError(f"--out {out} cannot be written: {probe} is not a writable folder")
+    return kind
+
+
+def _read_init_noise(path: str, shape: tuple[int, ...]) -> torch.Tensor:
+    import numpy as np
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--init-noise {path} is not a readable .npy array: {e}") from None
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"--init-noise {path} holds {arr.dtype} {arr.shape}; expected float (N, {', '.join(map(str, shape))})")
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def _cmd_sample(args) -> None:
+    from .models import load_model
+
+    out = pathlib.Path(args.out)
+    kind = _output_kind(out)
+    model = load_model(args.model, device=args.device)
+    options = {k: getattr(args, k) for k in _all_sampler_options() if getattr(args, k) is not None}
+    valid = sampler_options(args.sampler) if args.sampler in SAMPLERS else {}
+    for k in options:
+        if args.sampler in SAMPLERS and k not in valid:
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to sampler {args.sampler!r}; "
+                             f"its options: {', '.join('--' + o for o in valid) or 'none'}")
+    init = _read_init_noise(args.init_noise, model.shape) if args.init_noise else None
+    num = args.num or (len(init) if init is not None else 16)
+    if init is not None and len(init) != num:
+        raise ValueError(f"--num {num} disagrees with --init-noise, which holds {len(init)} samples")
+    steps = args.steps if args.steps is not None else (model.schedule.T if args.sampler == "ddpm" else 50)
+    seeds = list(range(args.seed, args.seed + num))
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        batches = -(-num // args.batch_size)
+        bar = tqdm(total=batches * steps, unit="step", desc=f"{args.sampler} {steps} steps", dynamic_ncols=True)
+    from .sampling import sample
+
+    x = sample(model.net, model.schedule, sampler=args.sampler, steps=steps, spacing=args.spacing,
+               prediction=model.prediction, shape=(num, *model.shape), seeds=seeds, init_noise=init,
+               batch_size=args.batch_size, data_range=model.data_range, device=args.device,
+               callback=(lambda *a: bar.update(1)) if bar else None,
+               clip=args.clip, threshold=args.threshold, **options)
+    if bar:
+        bar.close()
+    _write_samples(x, seeds, out, kind, model.data_range)
+    print(f"wrote {num} samples to {out}")
+
+
+def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_range) -> None:
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from .files import atomic_path
+    from .images import grid_scale, labelled_grid, save_image, to_uint8
+
+    if kind == "npz":
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, samples=x.float().clamp(*data_range).cpu().numpy(), seeds=np.array(seeds, dtype=np.int64))
+    elif kind == "grid":
+        side = math.ceil(math.sqrt(len(x)))
+        rows = [x[i : i + side] for i in range(0, len(x), side)]
+        if len(rows[-1]) < side:  # pad the last row with blank (lowest value) tiles
+            pad = torch.full((side - len(rows[-1]), *x.shape[1:]), data_range[0])
+            rows[-1] = torch.cat([rows[-1], pad])
+        scale = grid_scale(x.shape[2])
+        save_image(labelled_grid(rows, [""] * len(rows), scale=scale, data_range=data_range), out)
+    else:
+        out.mkdir(exist_ok=True)
+        for img, seed in zip(to_uint8(x, data_range), seeds):
+            pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            with atomic_path(out / f"{seed:06d}.png") as tmp:
+                pic.save(tmp, format="PNG")
+
+
+# -- the parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="ddpmkit", description="Diffusion models built around sampling.", formatter_class=fmt)
+    p = argparse.ArgumentParser(prog="ddpmkit", description="Diffusion models built around sampling.", formatter_class=FMT)
     p.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", formatter_class=fmt, help="sample the exact digits denoiser with several samplers",
+    t = sub.add_parser("train", help="train a DDPM noise predictor",
+                       description="Train a U-Net noise predictor (Ho et al. 2020, Algorithm 1). The run folder gets "
+                       "checkpoint.safetensors (for --resume), model.safetensors (EMA weights for sampling), log.jsonl "
+                       "and samples/ (DDIM-50 grids).")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_options(t)
+    t.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("sample", formatter_class=FMT, help="draw samples from a trained model",
+                       description="Draw samples from a trained model with any registered sampler; sample i uses "
+                       "seed SEED + i and does not depend on the batch size.")
+    _add_sample_options(s)
+    s.set_defaults(func=_cmd_sample)
+
+    sub.add_parser("samplers", formatter_class=FMT, help="list the samplers with their options and defaults").set_defaults(
+        func=_cmd_samplers)
+
+    d = sub.add_parser("demo", formatter_class=FMT, help="sample the exact digits denoiser with several samplers",
                        description="Sample the exact (closed-form) denoiser of the 8x8 digits with DDPM and DDIM on "
                        "the same seeds; write an image grid and a table of NFE, wall time and distance to the data.")
     d.add_argument("--out", default="out/demo.png", help="PNG grid to write; a .md table is written beside it")
     d.add_argument("--num", type=positive_int, default=200, help="samples per sampler for the table")
     d.add_argument("--quiet", action="store_true", help="print only the table")
     d.set_defaults(func=_cmd_demo)
-
-    s = sub.add_parser("samplers", formatter_class=fmt, help="list the samplers with their options and defaults")
-    s.set_defaults(func=_cmd_samplers)
     return p
 
 
@@ -72,7 +298,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as e:
+    except ValueError as e:  # includes CheckpointError: one line, no traceback
         print(f"ddpmkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

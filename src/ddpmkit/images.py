@@ -25,7 +25,7 @@ def labelled_grid(rows: Sequence[torch.Tensor], labels: Sequence[str], *, scale:
     tiles = [to_uint8(r, data_range) for r in rows]
     n, h, w, c = tiles[0].shape
     h, w = h * scale, w * scale
-    label_w = 8 + 6 * max(len(s) for s in labels)
+    label_w = 8 + 6 * max(len(s) for s in labels) if any(labels) else 0
     grid = Image.new("RGB", (label_w + n * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
     for r, (row, label) in enumerate(zip(tiles, labels)):
@@ -35,6 +35,11 @@ def labelled_grid(rows: Sequence[torch.Tensor], labels: Sequence[str], *, scale:
             pic = Image.fromarray(img[..., 0] if c == 1 else img).convert("RGB").resize((w, h), Image.NEAREST)
             grid.paste(pic, (label_w + pad + i * (w + pad), y))
     return grid
+
+
+def grid_scale(height: int) -> int:
+    """Upscaling factor so small images (8x8 digits) stay visible in a grid: tiles of >= 32 px."""
+    return max(1, 32 // height)
 
 
 def save_image(img: Image.Image, path: str | os.PathLike) -> None:

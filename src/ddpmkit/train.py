@@ -1,0 +1,303 @@
+"""Training a DDPM noise predictor (Ho et al. 2020, Algorithm 1), resumable to the bit.
+
+Every random choice of step k — the batch (a per-epoch permutation), the timesteps, the noise and
+dropout — is drawn from generators seeded by (seed, k), never from running RNG state. Resuming
+from the checkpoint of step k therefore continues exactly as the uninterrupted run would have,
+and a data-parallel version only has to give each rank its slice of the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import time
+
+import torch
+
+from .checkpoint import load_into, load_tensors, read_config, save_checkpoint
+from .data import DATA_RANGE, ImageDataset, load_dataset
+from .files import write_text
+from .images import grid_scale, labelled_grid, save_image
+from .nets import build_unet
+from .prediction import check_prediction, training_target
+from .sampling import sample
+from .schedule import SCHEDULES, NoiseSchedule
+
+CHECKPOINT = "checkpoint.safetensors"  # everything, for --resume
+MODEL = "model.safetensors"  # EMA weights and config, for sampling
+LOG = "log.jsonl"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None  # resize (centre crop) every image to this square side
+    net: str = "auto"  # a U-Net preset; auto: "digits" for 8x8 data, "small" otherwise
+    dropout: float = 0.1
+    schedule: str = "linear"
+    T: int = 1000
+    prediction: str = "eps"
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    min_snr_gamma: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    log_every: int = 25
+
+    def validate(self) -> None:
+        positive = ("T", "steps", "batch_size", "checkpoint_every", "sample_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        check_prediction(self.prediction)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.lr <= 0 or self.grad_clip <= 0 or self.warmup < 0 or self.weight_decay < 0:
+            raise ValueError("lr and grad_clip must be > 0, warmup and weight_decay >= 0")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
+
+
+def step_seed(seed: int, step: int, purpose: str) -> int:
+    """A 63-bit seed for one purpose at one step, independent across (seed, step, purpose)."""
+    digest = hashlib.sha256(f"{seed}/{step}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the batch at ``step`` (1-based): epochs are seeded permutations, the last
+    incomplete batch of an epoch is dropped."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, i = divmod(step - 1, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, "epoch")))
+    if n < batch_size:  # tiny data: sample with repetition from the permutation
+        perm = perm.repeat(math.ceil(batch_size / n))
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def snr_weight(abar: torch.Tensor, prediction: str, gamma: float | None) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, §3.4) expressed for each parameterisation:
+    min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v."""
+    if gamma is None:
+        return torch.ones_like(abar)
+    snr = abar / (1 - abar)
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+
+
+def diffusion_loss(net, x0, t, eps, alphas_cumprod, prediction, min_snr_gamma=None):
+    """Ho et al. Algorithm 1 with the target of ``prediction`` (the "simple" loss), optionally
+    min-SNR weighted: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; MSE(net(x_t, t), target)."""
+    abar = alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    target = training_target(x0, eps, abar, prediction)
+    per_sample = ((net(x_t, t) - target) ** 2).flatten(1).mean(1)
+    return (snr_weight(abar.flatten(), prediction, min_snr_gamma) * per_sample).mean()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr``, then constant (DDPM's recipe)."""
+    return cfg.lr * min(1.0, step / cfg.warmup) if cfg.warmup else cfg.lr
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA decay at ``step``, ramped up as min(decay, (1 + step) / (10 + step)) so that short
+    runs are not dominated by the random initial weights."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+class Trainer:
+    """A training run in folder ``out``. ``options``: TrainConfig fields to set. On ``resume`` the
+    run's saved settings rule; only the target ``steps``, where the data lives and how often to log,
+    sample and checkpoint may change, and any other option given must agree with the saved one."""
+
+    CHANGEABLE = ("steps", "data_dir", "download", "checkpoint_every", "sample_every", "log_every")
+
+    def __init__(self, out: str | os.PathLike, options: dict | None = None, *, resume: bool = False, device="cpu",
+                 quiet: bool = False, command: str | None = None):
+        self.out, self.device, self.quiet, self.command = pathlib.Path(out), torch.device(device), quiet, command
+        options = dict(options or {})
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise ValueError(f"unknown training option {unknown[0]!r}")
+        ckpt = self.out / CHECKPOINT
+        if ckpt.exists() and not resume:
+            raise ValueError(f"{self.out} already holds a training run ({CHECKPOINT}); pass --resume to continue it "
+                             "or choose another --out")
+        if resume and not ckpt.exists():
+            raise ValueError(f"nothing to resume: {ckpt} does not exist")
+        if resume:
+            saved = TrainConfig(**read_config(ckpt)["train"])
+            for name, value in options.items():
+                if name not in self.CHANGEABLE and value != getattr(saved, name):
+                    raise ValueError(f"--resume: {name}={value!r} differs from the run's {name}={getattr(saved, name)!r}; "
+                                     "drop the option or start a new run with another --out")
+            cfg = dataclasses.replace(saved, **options)
+        else:
+            cfg = TrainConfig(**options)
+        cfg.validate()
+        self.cfg = cfg
+        self.data: ImageDataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                                               image_size=cfg.image_size)
+        self.schedule = NoiseSchedule(cfg.schedule, cfg.T)
+        self.abar = torch.tensor(self.schedule.alphas_cumprod, dtype=torch.float32, device=self.device)
+        c, h, _ = self.data.shape
+        preset = cfg.net if cfg.net != "auto" else ("digits" if h <= 8 else "small")
+        with torch.random.fork_rng(devices=self._rng_devices()):  # initial weights from the seed; RNG restored
+            torch.manual_seed(step_seed(cfg.seed, 0, "init"))
+            self.net = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout).to(self.device)
+            self.ema = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout).to(self.device)
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema.eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step, self.wall = 0, 0.0
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load(ckpt)
+
+    def _rng_devices(self) -> list:
+        return [self.device] if self.device.type == "cuda" else []
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {
+            "net": {"arch": "unet", **self.net.config()},
+            "schedule": self.schedule.to_config(),
+            "prediction": check_prediction(self.cfg.prediction),
+            "data": {"dataset": self.data.name, "shape": list(self.data.shape), "range": list(DATA_RANGE),
+                     "num_classes": self.data.num_classes},
+            "ema": {"decay": self.cfg.ema_decay},
+            "step": self.step,
+            "wall_time_s": round(self.wall, 1),
+            "train": dataclasses.asdict(self.cfg),
+            "command": self.command,
+        }
+
+    def save(self) -> None:
+        config = self.config()
+        tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        state = self.opt.state_dict()
+        for idx, st in state["state"].items():
+            for key, value in st.items():
+                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+        config["optimizer"] = {"param_groups": state["param_groups"]}
+        save_checkpoint(self.out / CHECKPOINT, tensors, config)
+        save_checkpoint(self.out / MODEL, {f"ema.{k}": v for k, v in self.ema.state_dict().items()}, config)
+
+    def _load(self, path) -> None:
+        tensors, config = load_tensors(path)
+
+        def part(prefix):
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        load_into(self.net, part("model."), path)
+        load_into(self.ema, part("ema."), path)
+        state: dict = {}
+        for name, value in part("optim.").items():
+            idx, key = name.split(".", 1)
+            state.setdefault(int(idx), {})[key] = value
+        self.opt.load_state_dict({"state": state, "param_groups": config["optimizer"]["param_groups"]})
+        self.step, self.wall = int(config["step"]), float(config.get("wall_time_s", 0.0))
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (an interrupted tail)."""
+        log = self.out / LOG
+        if log.exists():
+            keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            write_text(log, "".join(ln + "\n" for ln in keep))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self, step: int) -> tuple[float, float]:
+        cfg = self.cfg
+        idx = batch_indices(len(self.data), cfg.batch_size, cfg.seed, step)
+        x0 = self.data.batch(idx).to(self.device)
+        g = torch.Generator().manual_seed(step_seed(cfg.seed, step, "noise"))
+        t = torch.randint(0, cfg.T, (len(idx),), generator=g).to(self.device)
+        eps = torch.randn(x0.shape, generator=g).to(self.device)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        self.net.train()
+        with torch.random.fork_rng(devices=self._rng_devices()):  # dropout, seeded per step; RNG restored after
+            torch.manual_seed(step_seed(cfg.seed, step, "dropout"))
+            loss = diffusion_loss(self.net, x0, t, eps, self.abar, cfg.prediction, cfg.min_snr_gamma)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            d = ema_decay_at(cfg.ema_decay, step)
+            for e, p in zip(self.ema.parameters(), self.net.parameters()):
+                e.lerp_(p, 1 - d)
+            for e, b in zip(self.ema.buffers(), self.net.buffers()):
+                e.copy_(b)
+        return loss.item(), grad_norm.item()
+
+    def sample_grid(self, path, n: int = 64) -> None:
+        x = sample(self.ema, self.schedule, sampler="ddim", steps=50, prediction=self.cfg.prediction,
+                   shape=(n, *self.data.shape), seeds=range(n), device=self.device)
+        side = int(math.sqrt(n))
+        rows = [x[i * side : (i + 1) * side] for i in range(side)]
+        save_image(labelled_grid(rows, [""] * side, scale=grid_scale(self.data.shape[1])), path)
+
+    def run(self) -> pathlib.Path:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        (self.out / "samples").mkdir(exist_ok=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
+        window, window_start = [], time.perf_counter()
+        consistent = True  # False while the weights are ahead of self.step
+        try:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                consistent = False
+                loss, gnorm = self.train_step(self.step + 1)
+                self.step += 1
+                consistent = True
+                self.wall += time.perf_counter() - start
+                window.append(loss)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - window_start
+                    rate = len(window) * cfg.batch_size / elapsed
+                    record = {"step": self.step, "loss": sum(window) / len(window), "grad_norm": gnorm,
+                              "lr": lr_at(cfg, self.step), "images_per_s": rate, "wall_time_s": round(self.wall, 2)}
+                    with open(self.out / LOG, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.0f}")
+                    window, window_start = [], time.perf_counter()
+                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                    self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            if consistent:  # atomic: the previous checkpoint stays whole until this one is complete
+                self.save()
+            raise
+        finally:
+            bar.close()
+        return self.out / MODEL
+
+
+def train(out, options: dict | None = None, **kw) -> pathlib.Path:
+    """Train (or with resume=True continue) a run in ``out``; returns the path of its model file."""
+    return Trainer(out, options, **kw).run()
+

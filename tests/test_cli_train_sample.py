@@ -1,0 +1,127 @@
+"""End to end, as a new user runs it: train briefly on digits, then sample with each sampler."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpmkit.checkpoint import read_config
+
+
+def ddpmkit(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ddpmkit", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "digits"
+    r = ddpmkit("train", "--dataset", "digits", "--steps", 30, "--out", out, "--net", "tiny", "--batch-size", 32,
+                "--sample-every", 30, "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_train_writes_a_run(run_dir):
+    assert {p.name for p in run_dir.iterdir()} >= {"checkpoint.safetensors", "model.safetensors", "log.jsonl", "samples"}
+    config = read_config(run_dir / "model.safetensors")
+    assert config["step"] == 30 and config["command"].startswith("ddpmkit train --dataset digits")
+
+
+@pytest.mark.parametrize("sampler,extra", [("ddpm", ["--variance", "large", "--steps", 100]),
+                                           ("ddpm", ["--steps", 20]), ("ddim", ["--eta", 0.5, "--steps", 10])])
+def test_sample_to_png_dir_and_npz(run_dir, tmp_path, sampler, extra):
+    base = ["sample", "--model", run_dir, "--sampler", sampler, *extra, "--num", 6, "--seed", 40, "--quiet"]
+    r = ddpmkit(*base, "--out", tmp_path / "grid.png")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "grid.png").size[0] > 8 * 3
+    r = ddpmkit(*base, "--out", tmp_path / "each")
+    assert r.returncode == 0, r.stderr
+    names = sorted(os.listdir(tmp_path / "each"))
+    assert names == [f"{s:06d}.png" for s in range(40, 46)]
+    assert Image.open(tmp_path / "each" / names[0]).size == (8, 8)
+    r = ddpmkit(*base, "--out", tmp_path / "s.npz", "--batch-size", 4)
+    assert r.returncode == 0, r.stderr
+    data = np.load(tmp_path / "s.npz", allow_pickle=False)
+    x, seeds = data["samples"], data["seeds"]
+    assert x.dtype == np.float32 and x.shape == (6, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+    assert seeds.tolist() == list(range(40, 46))
+    # the PNG of seed 43 is the npz sample of seed 43 (sampled with another batch size), quantised
+    png = np.asarray(Image.open(tmp_path / "each" / "000043.png"), dtype=np.float64)
+    assert np.abs(png - np.round((x[3, 0] + 1) / 2 * 255)).max() <= 1
+
+
+def test_init_noise_round_trip(run_dir, tmp_path):
+    noise = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", noise)
+    args = ["sample", "--model", run_dir / "model.safetensors", "--sampler", "ddim", "--steps", 5, "--quiet"]
+    a = ddpmkit(*args, "--init-noise", tmp_path / "x.npy", "--out", tmp_path / "a.npz")
+    b = ddpmkit(*args, "--init-noise", tmp_path / "x.npy", "--seed", 9, "--out", tmp_path / "b.npz")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["samples"], np.load(tmp_path / "b.npz")["samples"])
+
+
+def test_sample_errors(run_dir, tmp_path, cli_error):
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes((run_dir / "model.safetensors").read_bytes()[:1000])
+    foreign = tmp_path / "f.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(foreign))
+    ok = ["--model", run_dir]
+    out = ["--out", tmp_path / "o.png", "--quiet"]
+    cases = [
+        (ok + ["--sampler", "plms"], "unknown sampler 'plms'; valid: ddpm, ddim"),
+        (ok + ["--sampler", "ddim", "--eta", "1.5"], "eta=1.5 is outside [0, 1]"),
+        (ok + ["--sampler", "ddpm", "--eta", "0.5"], "--eta does not apply to sampler 'ddpm'; its options: --variance"),
+        (ok + ["--sampler", "ddpm", "--variance", "medium"], "variance='medium' is not valid; choose one of: small, large"),
+        (ok + ["--steps", "1001"], "steps=1001 is not valid; need an integer in [1, 1000]"),
+        (ok + ["--steps", "0"], "--steps: '0' is not an integer >= 1"),
+        (ok + ["--spacing", "karras"], "unknown spacing 'karras'; valid: leading, trailing, linspace"),
+        (["--model", tmp_path / "nope.safetensors"], "does not exist"),
+        (["--model", truncated], "not a readable safetensors checkpoint"),
+        (["--model", foreign], "not a ddpmkit checkpoint"),
+        (["--model", tmp_path], "holds no checkpoint"),
+        (ok + ["--init-noise", tmp_path / "none.npy"], "is not a readable .npy array"),
+    ]
+    for args, message in cases:
+        assert message in cli_error("sample", *args, *out)
+    err = cli_error("sample", *ok, "--out", tmp_path / "missing" / "deeper" / "x.png")
+    assert "is not a writable folder" in err
+    assert "cannot be written" in cli_error("sample", *ok, "--out", tmp_path / "f.safetensors" / "x.png")
+    assert not (tmp_path / "o.png").exists()  # nothing half-written
+
+
+def test_train_errors(tmp_path, cli_error):
+    cases = [
+        (["--dataset", "mnist", "--data-dir", tmp_path], "mnist"),
+        (["--dataset", "imagenet"], "imagenet"),
+        (["--steps", "0"], "--steps: '0' is not an integer >= 1"),
+        (["--prediction", "score"], "unknown prediction type 'score'"),
+        (["--resume"], "nothing to resume"),
+    ]
+    for args, message in cases:
+        assert message in cli_error("train", "--out", tmp_path / "run", *args, "--quiet")
+
+
+def test_kill_9_leaves_the_checkpoint_whole(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ddpmkit", "train", "--dataset", "digits", "--net", "tiny", "--steps", "100000",
+           "--batch-size", "16", "--checkpoint-every", "1", "--sample-every", "100000", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoint.safetensors").exists():
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it write a few more checkpoints, then kill it mid-flight
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = read_config(out / "checkpoint.safetensors")["step"]
+    assert step >= 1
+    r = ddpmkit("train", "--out", out, "--resume", "--steps", step + 2, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert read_config(out / "checkpoint.safetensors")["step"] == step + 2

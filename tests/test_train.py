@@ -1,0 +1,118 @@
+"""The training loop: loss, min-SNR weights, deterministic data order, exact resume, atomic checkpoints."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ddpmkit.checkpoint import load_tensors, read_config
+from ddpmkit.prediction import training_target
+from ddpmkit.train import Trainer, batch_indices, ema_decay_at, snr_weight, train
+
+FAST = dict(dataset="digits", net="tiny", batch_size=32, lr=1e-3, warmup=5, log_every=5, sample_every=1000,
+            checkpoint_every=1000)
+
+
+def test_min_snr_weights_agree_across_parameterisations():
+    """Hang et al.'s weighting is min(SNR, gamma) * ||x0 - x0_hat||^2 whatever the network predicts:
+    ||eps err||^2 = SNR ||x0 err||^2 and ||v err||^2 = (SNR + 1) ||x0 err||^2 at fixed x_t."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps, x0_hat = (torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    abar = torch.tensor([0.999, 0.9, 0.5, 0.1, 0.01, 1e-4], dtype=torch.float64)[:, None]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    eps_hat = (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()
+    losses = {}
+    for pred in ("eps", "x0", "v"):
+        out = training_target(x0_hat, eps_hat, abar, pred)  # what a network of this kind would output
+        err = ((out - training_target(x0, eps, abar, pred)) ** 2).mean(1)
+        losses[pred] = snr_weight(abar.flatten(), pred, 5.0) * err
+    snr = abar.flatten() / (1 - abar.flatten())
+    expect = snr.clamp(max=5.0) * ((x0 - x0_hat) ** 2).mean(1)
+    for pred, value in losses.items():
+        torch.testing.assert_close(value, expect, rtol=1e-9, atol=1e-12, msg=pred)
+    assert torch.equal(snr_weight(abar.flatten(), "eps", None), torch.ones(6, dtype=torch.float64))
+
+
+def test_batch_indices_are_seeded_epoch_permutations():
+    n, b = 100, 32  # 3 full batches per epoch, the last 4 images of each permutation dropped
+    epoch = torch.cat([batch_indices(n, b, 0, s) for s in (1, 2, 3)])
+    assert len(set(epoch.tolist())) == 96
+    assert torch.equal(batch_indices(n, b, 0, 2), batch_indices(n, b, 0, 2))
+    assert not torch.equal(batch_indices(n, b, 0, 1), batch_indices(n, b, 0, 4))  # a new epoch, a new order
+    assert not torch.equal(batch_indices(n, b, 0, 1), batch_indices(n, b, 1, 1))
+    assert len(batch_indices(5, 8, 0, 1)) == 8  # fewer images than a batch
+
+
+def test_ema_decay_ramp():
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 10**6) == 0.999
+
+
+def test_loss_falls_on_digits(tmp_path):
+    train(tmp_path / "run", dict(FAST, steps=60), quiet=True)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(5, 61, 5))
+    first, last = log[0]["loss"], sum(r["loss"] for r in log[-3:]) / 3
+    assert last < 0.6 * first, (first, last)
+    assert all(math.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in log)
+    config = read_config(tmp_path / "run" / "model.safetensors")
+    assert config["step"] == 60 and config["data"]["shape"] == [1, 8, 8] and config["prediction"] == "eps"
+    assert (tmp_path / "run" / "samples" / "step-0000060.png").exists()
+
+
+def test_resume_is_exact(tmp_path):
+    opts = dict(FAST, steps=16, checkpoint_every=8, dropout=0.1)
+    state = torch.get_rng_state()
+    train(tmp_path / "straight", opts, quiet=True)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is never touched
+    train(tmp_path / "halves", dict(opts, steps=8), quiet=True)
+    train(tmp_path / "halves", {"steps": 16}, resume=True, quiet=True)
+    a, ca = load_tensors(tmp_path / "straight" / "checkpoint.safetensors")
+    b, cb = load_tensors(tmp_path / "halves" / "checkpoint.safetensors")
+    assert set(a) == set(b) and any(k.startswith("optim.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert ca["step"] == cb["step"] == 16
+    log = [json.loads(x)["step"] for x in (tmp_path / "halves" / "log.jsonl").read_text().splitlines()]
+    assert log == [5, 8, 10, 15, 16]
+
+
+def test_interrupt_keeps_a_consistent_checkpoint(tmp_path, monkeypatch):
+    # Ctrl-C inside a step: the weights may be half updated, so the last periodic checkpoint stands
+    trainer = Trainer(tmp_path / "a", dict(FAST, steps=50, checkpoint_every=4), quiet=True)
+    original = trainer.train_step
+
+    def interrupted_step(step):
+        if step == 7:
+            raise KeyboardInterrupt
+        return original(step)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert read_config(tmp_path / "a" / "checkpoint.safetensors")["step"] == 4
+    # Ctrl-C between steps (here while drawing a sample grid): the current step is saved
+    trainer = Trainer(tmp_path / "b", dict(FAST, steps=50, checkpoint_every=4, sample_every=6), quiet=True)
+
+    def interrupted_grid(path, n=64):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "sample_grid", interrupted_grid)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert read_config(tmp_path / "b" / "checkpoint.safetensors")["step"] == 6
+
+
+def test_run_folder_is_protected_and_resume_checks_options(tmp_path):
+    train(tmp_path / "run", dict(FAST, steps=3), quiet=True)
+    with pytest.raises(ValueError, match="already holds a training run"):
+        Trainer(tmp_path / "run", dict(FAST, steps=3), quiet=True)
+    with pytest.raises(ValueError, match=r"--resume: lr=0.5 differs from the run's lr=0.001"):
+        Trainer(tmp_path / "run", {"lr": 0.5}, resume=True, quiet=True)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        Trainer(tmp_path / "other", {}, resume=True, quiet=True)
+    with pytest.raises(ValueError, match="unknown training option 'learning_rate'"):
+        Trainer(tmp_path / "x", {"learning_rate": 1.0}, quiet=True)
+    with pytest.raises(ValueError, match="ema_decay=1.5"):
+        Trainer(tmp_path / "x", {"ema_decay": 1.5}, quiet=True)
