@@ -15,7 +15,8 @@ def run(*args):
 def test_samplers_lists_every_sampler_with_defaults(capsys):
     assert main(["samplers"]) == 0
     out = capsys.readouterr().out
-    assert "ddpm     variance='small'" in out and "ddim     eta=0.0" in out and "Algorithm 2" in out
+    assert "ddpm             variance='small'" in out and "ddim             eta=0.0" in out and "Algorithm 2" in out
+    assert "heun             s_churn=0.0, s_tmin=0.0, s_tmax=inf, s_noise=1.0" in out
 
 
 def test_demo_writes_grid_and_table(tmp_path):

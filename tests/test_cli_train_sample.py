@@ -76,13 +76,13 @@ def test_sample_errors(run_dir, tmp_path, cli_error):
     ok = ["--model", run_dir]
     out = ["--out", tmp_path / "o.png", "--quiet"]
     cases = [
-        (ok + ["--sampler", "plms"], "unknown sampler 'plms'; valid: ddpm, ddim"),
+        (ok + ["--sampler", "plms"], "unknown sampler 'plms'; valid: ddpm, ddim, euler"),
         (ok + ["--sampler", "ddim", "--eta", "1.5"], "eta=1.5 is outside [0, 1]"),
         (ok + ["--sampler", "ddpm", "--eta", "0.5"], "--eta does not apply to sampler 'ddpm'; its options: --variance"),
         (ok + ["--sampler", "ddpm", "--variance", "medium"], "variance='medium' is not valid; choose one of: small, large"),
         (ok + ["--steps", "1001"], "steps=1001 is not valid; need an integer in [1, 1000]"),
         (ok + ["--steps", "0"], "--steps: '0' is not an integer >= 1"),
-        (ok + ["--spacing", "karras"], "unknown spacing 'karras'; valid: leading, trailing, linspace"),
+        (ok + ["--spacing", "uniform"], "unknown spacing 'uniform'; valid: leading, trailing, linspace, karras, logsnr"),
         (["--model", tmp_path / "nope.safetensors"], "does not exist"),
         (["--model", truncated], "not a readable safetensors checkpoint"),
         (["--model", foreign], "not a ddpmkit checkpoint"),

@@ -106,14 +106,15 @@ def test_explicit_fractional_timesteps():
 def test_options_listed_from_signatures():
     assert sampler_options("ddpm") == {"variance": "small"}
     assert sampler_options("ddim") == {"eta": 0.0}
-    assert set(SAMPLERS) >= {"ddpm", "ddim"}
+    assert sampler_options("heun") == {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
+    assert set(SAMPLERS) >= {"ddpm", "ddim", "euler", "heun", "euler-ancestral", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde"}
     assert ddpmkit.get_sampler("ddim") is SAMPLERS["ddim"]
 
 
 @pytest.mark.parametrize(
     "kw,message",
     [
-        (dict(sampler="plms"), "unknown sampler 'plms'; valid: ddpm, ddim"),
+        (dict(sampler="plms"), "unknown sampler 'plms'; valid: ddpm, ddim, euler, heun"),
         (dict(sampler="ddim", variance="large"), "unknown option 'variance' for sampler 'ddim'; valid: eta, clip, threshold"),
         (dict(sampler="ddpm", eta=0.5), "unknown option 'eta' for sampler 'ddpm'; valid: variance, clip"),
         (dict(sampler="ddim", eta=1.5), r"eta=1.5 is outside \[0, 1\]"),
@@ -121,10 +122,11 @@ def test_options_listed_from_signatures():
         (dict(sampler="ddpm", variance="learned"), "variance='learned' is not valid; choose one of: small, large"),
         (dict(sampler="ddim", steps=0), r"steps=0 is not valid; need an integer in \[1, 1000\]"),
         (dict(sampler="ddim", steps=1001), r"steps=1001 is not valid"),
-        (dict(sampler="ddim", spacing="karras"), "unknown spacing 'karras'"),
+        (dict(sampler="ddim", spacing="uniform"), "unknown spacing 'uniform'; valid: leading, trailing, linspace, karras, logsnr"),
         (dict(prediction="score"), "unknown prediction type 'score'; valid: eps, x0, v"),
         (dict(seeds=[1, 2]), "got 2 seeds for 3 samples"),
-        (dict(steps=5, timesteps=[10, 5]), "either steps or timesteps"),
+        (dict(steps=5, timesteps=[10, 5]), "only one of steps, nfe and timesteps"),
+        (dict(steps=None, nfe=0), "nfe=0 is not valid"),
         (dict(threshold=1.5), "threshold=1.5 is not a quantile"),
         (dict(batch_size=0), "batch_size=0"),
     ],

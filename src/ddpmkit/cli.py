@@ -13,7 +13,7 @@ import sys
 import torch
 
 from . import __version__
-from .samplers import SAMPLERS, describe, sampler_options
+from .samplers import SAMPLERS, describe, sampler_options, steps_for_nfe
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -25,6 +25,13 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
     return value
 
 
@@ -42,7 +49,7 @@ def nonneg_int(text: str) -> int:
 def _cmd_samplers(args) -> None:
     for name in SAMPLERS:
         opts = ", ".join(f"{k}={v!r}" for k, v in sampler_options(name).items()) or "no options"
-        print(f"{name:<8} {opts}\n         {describe(name)}")
+        print(f"{name:<16} {opts}\n{'':<17}{describe(name)}")
 
 
 # -- ddpmkit demo ----------------------------------------------------------------------------------
@@ -146,10 +153,13 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampling steps (default: all T for ddpm, 50 for the others)")
-    p.add_argument("--spacing", default="trailing", help="step grid: leading, trailing or linspace")
+    p.add_argument("--nfe", type=positive_int, default=None,
+                   help="a budget of network evaluations instead of --steps: the most steps that fit it")
+    p.add_argument("--spacing", default="trailing", help="step grid: leading, trailing, linspace, karras or logsnr")
     for opt, per_sampler in _all_sampler_options().items():
         kinds = {type(v) for v in per_sampler.values() if v is not None}
-        kind = float if kinds <= {float, int} and kinds else str
+        kind = {frozenset({bool}): parse_bool, frozenset({int}): int, frozenset({float}): float,
+                frozenset({int, float}): float}.get(frozenset(kinds), str)
         defaults = ", ".join(f"{s}: {v!r}" for s, v in per_sampler.items())
         p.add_argument("--" + opt.replace("_", "-"), dest=opt, type=kind, default=None,
                        help=f"sampler option ({defaults})")
@@ -208,7 +218,13 @@ def _cmd_sample(args) -> None:
     num = args.num or (len(init) if init is not None else 16)
     if init is not None and len(init) != num:
         raise ValueError(f"--num {num} disagrees with --init-noise, which holds {len(init)} samples")
-    steps = args.steps if args.steps is not None else (model.schedule.T if args.sampler == "ddpm" else 50)
+    if args.steps is not None and args.nfe is not None:
+        raise ValueError("give --steps or --nfe, not both")
+    steps = args.steps
+    if args.nfe is not None:
+        steps = steps_for_nfe(args.sampler, args.nfe, model.schedule.T, **options)
+    elif steps is None:
+        steps = model.schedule.T if args.sampler == "ddpm" else 50
     seeds = list(range(args.seed, args.seed + num))
     bar = None
     if not args.quiet:
@@ -218,15 +234,15 @@ def _cmd_sample(args) -> None:
         bar = tqdm(total=batches * steps, unit="step", desc=f"{args.sampler} {steps} steps", dynamic_ncols=True)
     from .sampling import sample
 
-    x = sample(model.net, model.schedule, sampler=args.sampler, steps=steps, spacing=args.spacing,
+    x, info = sample(model.net, model.schedule, sampler=args.sampler, steps=steps, spacing=args.spacing,
                prediction=model.prediction, shape=(num, *model.shape), seeds=seeds, init_noise=init,
                batch_size=args.batch_size, data_range=model.data_range, device=args.device,
                callback=(lambda *a: bar.update(1)) if bar else None,
-               clip=args.clip, threshold=args.threshold, **options)
+               clip=args.clip, threshold=args.threshold, return_info=True, **options)
     if bar:
         bar.close()
     _write_samples(x, seeds, out, kind, model.data_range)
-    print(f"wrote {num} samples to {out}")
+    print(f"wrote {num} samples to {out} ({args.sampler}, {steps} steps, {info['nfe']} NFE per sample)")
 
 
 def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_range) -> None:

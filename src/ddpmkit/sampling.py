@@ -8,8 +8,8 @@ import torch
 
 from .prediction import Denoiser
 from .rng import SeededNoise, check_seeds
-from .samplers import get_sampler, sampler_options
-from .schedule import NoiseSchedule, check_grid, make_grid
+from .samplers import get_sampler, sampler_options, steps_for_nfe
+from .schedule import NoiseSchedule, check_grid
 
 DENOISER_OPTIONS = {"clip": False, "threshold": None, "threshold_max": None}
 
@@ -28,6 +28,7 @@ def sample(
     *,
     sampler: str = "ddim",
     steps: int | None = None,
+    nfe: int | None = None,
     spacing: str = "trailing",
     timesteps: Iterable[float] | None = None,
     prediction: str = "eps",
@@ -39,21 +40,24 @@ def sample(
     device=None,
     dtype: torch.dtype = torch.float32,
     callback: Callable | None = None,
+    return_info: bool = False,
     **options,
-) -> torch.Tensor:
+):
     """Draw samples from a diffusion model.
 
     model: ``model(x_t, t)`` returns the network output for a batch; t is a 1-D tensor of timesteps.
     sampler: a name from ``ddpmkit.samplers.SAMPLERS``; its options (``eta``, ``variance``, ...) and
         the denoiser's (``clip``, ``threshold``, ``threshold_max``) are keyword arguments.
-    steps / spacing: the step grid (``make_grid``); or ``timesteps``, an explicit descending grid.
-        ``steps=None`` uses all T timesteps.
+    steps / spacing: the step grid (``NoiseSchedule.grid``: leading, trailing, linspace, karras,
+        logsnr); or ``nfe``, a budget of network evaluations from which the steps are chosen
+        (``steps_for_nfe``); or ``timesteps``, an explicit descending grid. Default: all T timesteps.
     shape: (N, C, H, W) or any (N, ...); seeds: one integer per sample (default 0..N-1). Sample i
         depends only on seeds[i] — not on batch size, position or N.
     init_noise: x_T to start from instead of drawing it (shape (N, ...)); later noise still comes
         from the seeds, so passing the x_T that seed s would draw reproduces seed s's sample.
     batch_size: samples per model call (default: all at once).
-    Returns a tensor of shape (N, ...) in ``dtype`` on the model's device.
+    Returns a tensor of shape (N, ...) in ``dtype`` on the model's device; with ``return_info`` a
+    pair (samples, info) where info holds ``nfe`` (network evaluations per sample) and ``grid``.
     """
     fn = get_sampler(sampler)
     valid = sampler_options(sampler)
@@ -64,12 +68,14 @@ def sample(
     sampler_opts = {k: v for k, v in options.items() if k in valid}
     denoiser_opts = {k: v for k, v in options.items() if k in DENOISER_OPTIONS}
 
+    if sum(v is not None for v in (steps, nfe, timesteps)) > 1:
+        raise ValueError("give only one of steps, nfe and timesteps")
     if timesteps is not None:
-        if steps is not None:
-            raise ValueError("give either steps or timesteps, not both")
         grid = check_grid(timesteps, schedule.T)
     else:
-        grid = make_grid(schedule.T, schedule.T if steps is None else steps, spacing)
+        if nfe is not None:
+            steps = steps_for_nfe(sampler, nfe, schedule.T, **sampler_opts)
+        grid = schedule.grid(schedule.T if steps is None else steps, spacing)
     denoiser = Denoiser(model, schedule, prediction, data_range=data_range, **denoiser_opts)
     if denoiser.prediction == "eps" and schedule.abar_at(grid[0]) == 0.0:
         raise ValueError("prediction 'eps' cannot start at abar = 0 (zero terminal SNR); use 'v' or 'x0'")
@@ -89,7 +95,7 @@ def sample(
         raise ValueError(f"batch_size={batch_size!r} is not valid; need a positive integer")
     device = torch.device(device) if device is not None else (_model_device(model) or torch.device("cpu"))
 
-    out = []
+    out, calls = [], []
     chunk = n if batch_size is None else int(batch_size)
     with torch.no_grad():
         for lo in range(0, n, chunk):
@@ -97,6 +103,11 @@ def sample(
             x = noise()  # drawn even when init_noise is given, so later draws line up with the seed
             if init_noise is not None:
                 x = init_noise[lo : lo + chunk].to(device=device, dtype=dtype)
+            start = denoiser.nfe
             out.append(fn(denoiser, x, grid, noise=noise, callback=callback, **sampler_opts))
-    return torch.cat(out)
+            calls.append(denoiser.nfe - start)
+    samples = torch.cat(out)
+    if return_info:
+        return samples, {"nfe": calls[0], "grid": [float(t) for t in grid]}
+    return samples
 

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace")  # integer grids, diffusers' semantics
+CONTINUOUS_SPACINGS = ("karras", "logsnr")  # fractional timesteps placed by noise level
+ALL_SPACINGS = SPACINGS + CONTINUOUS_SPACINGS
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021, §3.2: cap beta to avoid a singularity near t = T
 
 
@@ -168,6 +170,47 @@ class NoiseSchedule:
             out = np.where(ab[hi] > 0, 1.0 / (1.0 + np.exp(-lam)), ab[lo] * (1 - w) + ab[hi] * w)
         out = np.where(w == 0, ab[lo], out)
         return float(out) if out.ndim == 0 else out
+
+    def t_at_log_snr(self, lam):
+        """The (fractional) timestep whose logSNR is ``lam``: the inverse of ``abar_at``, exact at the
+        table's entries and linear in logSNR between them. ``lam`` is clipped to the table's range."""
+        table = self.log_snr  # decreasing in t
+        finite = np.isfinite(table)
+        t_idx = np.arange(self.T, dtype=np.float64)[finite]
+        lam = np.clip(np.asarray(lam, dtype=np.float64), table[finite][-1], table[finite][0])
+        out = np.interp(-lam, -table[finite], t_idx)  # np.interp needs increasing x
+        return float(out) if out.ndim == 0 else out
+
+    def t_at_sigma(self, sigma):
+        """The timestep whose sigma = sqrt((1 - abar) / abar) is ``sigma`` (log sigma = -logSNR / 2)."""
+        return self.t_at_log_snr(-2.0 * np.log(np.asarray(sigma, dtype=np.float64)))
+
+    def grid(self, steps: int, spacing: str = "trailing", *, rho: float = 7.0) -> np.ndarray:
+        """A descending step grid of ``steps`` timesteps. Integer spacings as ``make_grid``;
+        ``karras``: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras
+        et al. 2022, eq. 5) between the schedule's sigma at t = T-1 and t = 0; ``logsnr``: uniform
+        in logSNR over the same range (the DPM-Solver choice). Both start at t = T-1, end at t = 0,
+        and are fractional in between; after the last point the sample goes to clean data."""
+        if spacing in SPACINGS:
+            return make_grid(self.T, steps, spacing)
+        if spacing not in CONTINUOUS_SPACINGS:
+            raise _choice_error("spacing", spacing, ALL_SPACINGS)
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.T:
+            raise ValueError(f"steps={steps!r} is not valid; need an integer in [1, {self.T}]")
+        lam_max, lam_min = self.log_snr[0], self.log_snr[-1]
+        if not np.isfinite(lam_min):
+            raise ValueError(f"the {spacing!r} spacing needs a finite terminal SNR; use trailing with zero_terminal_snr")
+        if steps == 1:
+            return np.array([float(self.T - 1)])
+        u = np.linspace(0.0, 1.0, steps)
+        if spacing == "karras":
+            s_max, s_min = np.exp(-lam_min / 2), np.exp(-lam_max / 2)
+            sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+            t = self.t_at_sigma(sig)
+        else:
+            t = self.t_at_log_snr(lam_min + u * (lam_max - lam_min))
+        t[0], t[-1] = self.T - 1, 0.0  # exact ends, free of round-off
+        return t
 
     def transitions(self, grid: Sequence[float]) -> list[tuple[float, float, float]]:
         """(t, abar_t, abar_next) for every step of a descending grid. After its last entry the

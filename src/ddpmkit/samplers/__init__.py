@@ -14,8 +14,26 @@ from collections.abc import Callable
 
 from .ddim import ddim
 from .ddpm import ddpm
+from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from .edm import euler, euler_ancestral, heun
+from .unipc import unipc
 
-SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim}
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "euler-ancestral": euler_ancestral,
+    "dpmpp-2m": dpmpp_2m,
+    "dpmpp-3m": dpmpp_3m,
+    "dpmpp-2m-sde": dpmpp_2m_sde,
+    "unipc": unipc,
+}
+
+# network evaluations for a grid of n steps, where it is not n
+_NFE: dict[str, Callable[..., int]] = {
+    "heun": lambda n, **opts: 2 * n - 1,  # no correction on the last step into sigma = 0
+}
 
 _PLUMBING = ("noise", "callback")
 
@@ -33,10 +51,30 @@ def sampler_options(name: str) -> dict[str, object]:
     return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _PLUMBING}
 
 
+def nfe_for(name: str, steps: int, **options) -> int:
+    """Network evaluations the sampler spends on a grid of ``steps`` timesteps."""
+    get_sampler(name)
+    return _NFE[name](steps, **options) if name in _NFE else steps
+
+
+def steps_for_nfe(name: str, nfe: int, T: int, **options) -> int:
+    """The most steps (<= T) whose NFE does not exceed ``nfe``; an error if even one step costs more."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe={nfe!r} is not valid; need an integer >= 1")
+    best = None
+    for steps in range(1, T + 1):  # NFE grows with steps; stop at the first that is too many
+        if nfe_for(name, steps, **options) > nfe:
+            break
+        best = steps
+    if best is None:
+        raise ValueError(f"sampler {name!r} needs more than {nfe} network evaluations for a single step")
+    return best
+
+
 def describe(name: str) -> str:
     """The first paragraph of a sampler's docstring."""
     doc = inspect.getdoc(get_sampler(name)) or ""
     return " ".join(doc.split("\n\n")[0].split())
 
 
-__all__ = ["SAMPLERS", "get_sampler", "sampler_options", "describe", "ddpm", "ddim"]
+__all__ = ["SAMPLERS", "get_sampler", "sampler_options", "nfe_for", "steps_for_nfe", "describe"]

@@ -1,0 +1,112 @@
+"""Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative Models", EDM)
+samplers, run on the model's own schedule.
+
+They work in the variance-exploding view of the same process: y = x_t / sqrt(abar_t) has noise
+level sigma_t = sqrt((1 - abar_t) / abar_t), and the probability-flow ODE is
+dy/dsigma = (y - D(y; sigma)) / sigma (EDM eq. 3 with s(t) = 1, sigma(t) = t), where D is the
+denoiser's x0_hat. A grid's timesteps give sigma_0 > ... > sigma_{N-1}, and sigma_N = 0 (clean data).
+Off-grid noise levels (after churn) are fed to the network as fractional timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _sigma(abar: float) -> float:
+    return math.sqrt((1.0 - abar) / abar)
+
+
+def _denoise(denoiser, y: torch.Tensor, sigma: float, t: float) -> torch.Tensor:
+    """D(y; sigma): the x0_hat of the VP state x_t = y / sqrt(1 + sigma^2)."""
+    return denoiser(y / math.sqrt(1.0 + sigma**2), t)[1]
+
+
+def _sigmas(denoiser, grid) -> tuple[list[float], list[float]]:
+    """(timesteps, sigmas) of the grid, with sigma = 0 appended for clean data."""
+    ts = [float(t) for t in grid]
+    sigmas = [_sigma(denoiser.schedule.abar_at(t)) for t in ts]
+    if not all(math.isfinite(s) for s in sigmas):
+        raise ValueError("EDM samplers need a finite sigma at every grid point (no zero terminal SNR)")
+    return ts, sigmas + [0.0]
+
+
+def _check_churn(s_churn, s_tmin, s_tmax, s_noise):
+    if s_churn < 0 or s_tmin < 0 or s_tmax < s_tmin or s_noise < 0:
+        raise ValueError(f"need s_churn >= 0, 0 <= s_tmin <= s_tmax, s_noise >= 0; got s_churn={s_churn}, "
+                         f"s_tmin={s_tmin}, s_tmax={s_tmax}, s_noise={s_noise}")
+
+
+def _edm(denoiser, x, grid, noise, callback, second_order, s_churn, s_tmin, s_tmax, s_noise):
+    """EDM Algorithm 2 (second_order) or its Euler version (Algorithm 1 with churn).
+
+    At step i, gamma = min(S_churn / N, sqrt(2) - 1) if S_tmin <= sigma_i <= S_tmax else 0;
+    sigma_hat = sigma_i (1 + gamma), capped at the schedule's largest sigma; y_hat = y +
+    sqrt(sigma_hat^2 - sigma_i^2) S_noise z; Euler from sigma_hat to sigma_{i+1} with
+    d = (y_hat - D(y_hat; sigma_hat)) / sigma_hat; Heun's correction where sigma_{i+1} > 0.
+    """
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
+    sched = denoiser.schedule
+    ts, sigmas = _sigmas(denoiser, grid)
+    sigma_max = float(sched.sigmas[-1])
+    n = len(ts)
+    y = x * math.sqrt(1.0 + sigmas[0] ** 2)
+    for i in range(n):
+        s_cur, s_next, t = sigmas[i], sigmas[i + 1], ts[i]
+        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s_cur <= s_tmax else 0.0
+        s_hat = min(s_cur * (1.0 + gamma), sigma_max)
+        if s_hat > s_cur:
+            y = y + math.sqrt(s_hat**2 - s_cur**2) * s_noise * noise()
+            t = sched.t_at_sigma(s_hat)
+        x0 = _denoise(denoiser, y, s_hat, t)
+        if callback is not None:
+            callback(i, t, y / math.sqrt(1.0 + s_hat**2), x0)
+        d = (y - x0) / s_hat
+        y_next = y + (s_next - s_hat) * d
+        if second_order and s_next > 0.0:
+            d_next = (y_next - _denoise(denoiser, y_next, s_next, ts[i + 1])) / s_next
+            y_next = y + (s_next - s_hat) * 0.5 * (d + d_next)
+        y = y_next
+    return y
+
+
+def euler(denoiser, x, grid, *, noise, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+          s_noise: float = 1.0, callback=None):
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, EDM Algorithm 1), with
+    Algorithm 2's stochastic churn when s_churn > 0. Deterministic (s_churn = 0) it takes exactly
+    DDIM's (eta = 0) steps: DDIM is Euler in (y, sigma) (Song et al. 2020, §4.3). N steps, N NFE."""
+    return _edm(denoiser, x, grid, noise, callback, False, s_churn, s_tmin, s_tmax, s_noise)
+
+
+def heun(denoiser, x, grid, *, noise, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+         s_noise: float = 1.0, callback=None):
+    """Heun's second-order method (Karras et al. 2022, EDM Algorithm 2): an Euler step corrected
+    by the average slope at both ends, except on the last step into sigma = 0. Stochastic churn
+    when s_churn > 0. N steps, 2N - 1 NFE."""
+    return _edm(denoiser, x, grid, noise, callback, True, s_churn, s_tmin, s_tmax, s_noise)
+
+
+def euler_ancestral(denoiser, x, grid, *, noise, eta: float = 1.0, s_noise: float = 1.0, callback=None):
+    """Ancestral Euler (Crowson's k-diffusion sample_euler_ancestral; diffusers' EulerAncestralDiscrete):
+    split each jump sigma_i -> sigma_{i+1} into a deterministic Euler step to sigma_down and fresh
+    noise of std sigma_up, sigma_up = min(sigma_{i+1}, eta sqrt(sigma_{i+1}^2 (sigma_i^2 -
+    sigma_{i+1}^2) / sigma_i^2)), sigma_down = sqrt(sigma_{i+1}^2 - sigma_up^2). N steps, N NFE."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r} is outside [0, 1]")
+    if s_noise < 0:
+        raise ValueError(f"s_noise={s_noise} must be >= 0")
+    ts, sigmas = _sigmas(denoiser, grid)
+    y = x * math.sqrt(1.0 + sigmas[0] ** 2)
+    for i, t in enumerate(ts):
+        s_cur, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _denoise(denoiser, y, s_cur, t)
+        if callback is not None:
+            callback(i, t, y / math.sqrt(1.0 + s_cur**2), x0)
+        s_up = min(s_next, eta * math.sqrt(s_next**2 * (s_cur**2 - s_next**2) / s_cur**2))
+        s_down = math.sqrt(s_next**2 - s_up**2)
+        y = y + (s_down - s_cur) * (y - x0) / s_cur
+        if s_up > 0.0:
+            y = y + s_up * s_noise * noise()
+    return y
