@@ -70,6 +70,7 @@ def test_dpmpp_3m_order():
         ("euler", {"s_churn": 40.0}, 400),
         ("heun", {"s_churn": 40.0, "s_tmax": 50.0}, 100),
         ("dpmpp-2m-sde", {}, 100),
+        ("restart", {}, 40),
     ],
 )
 def test_stochastic_samplers_reach_the_data_moments(sampler, opts, steps):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from .schedule import NoiseSchedule, _choice_error
@@ -77,6 +78,8 @@ class Denoiser:
     ``clip=True`` clamps x0_hat to ``data_range``; ``threshold=p`` applies dynamic thresholding with
     quantile p instead. After either, eps_hat is recomputed from the adjusted x0_hat so the pair
     stays consistent with x_t (as improved/guided-diffusion's DDIM does). ``nfe`` counts model calls.
+    ``eps_moment``: the model's Gamma_t = E||eps_hat(x_t)||^2 / d for t = 0..T-1 (Analytic-DPM's
+    moment, ``ddpmkit.analytic``), used by ``ddpm(variance="optimal")``.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class Denoiser:
         threshold: float | None = None,
         threshold_max: float | None = None,
         data_range: tuple[float, float] = (-1.0, 1.0),
+        eps_moment=None,
     ):
         self.model, self.schedule = model, schedule
         self.prediction = check_prediction(prediction)
@@ -98,7 +102,17 @@ class Denoiser:
             raise ValueError(f"threshold_max={threshold_max} must be >= 1")
         self.clip, self.threshold, self.threshold_max = bool(clip), threshold, threshold_max
         self.data_range = (float(data_range[0]), float(data_range[1]))
+        self.eps_moment = None
+        if eps_moment is not None:
+            table = np.asarray(eps_moment, dtype=np.float64).ravel()
+            if table.shape != (schedule.T,) or not np.all(np.isfinite(table)):
+                raise ValueError(f"eps_moment must hold {schedule.T} finite values, one per timestep")
+            self.eps_moment = table
         self.nfe = 0
+
+    def eps_moment_at(self, t: float) -> float:
+        """Gamma at a (fractional) timestep, linear between the table's entries."""
+        return float(np.interp(t, np.arange(self.schedule.T), self.eps_moment))
 
     def timestep_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
         if float(t).is_integer():

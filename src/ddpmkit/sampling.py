@@ -11,7 +11,7 @@ from .rng import SeededNoise, check_seeds
 from .samplers import get_sampler, sampler_options, steps_for_nfe
 from .schedule import NoiseSchedule, check_grid
 
-DENOISER_OPTIONS = {"clip": False, "threshold": None, "threshold_max": None}
+DENOISER_OPTIONS = {"clip": False, "threshold": None, "threshold_max": None, "eps_moment": None}
 
 
 def _model_device(model) -> torch.device | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
-from .edm import euler, euler_ancestral, heun
+from .edm import euler, euler_ancestral, heun, restart
 from .unipc import unipc
 
 SAMPLERS: dict[str, Callable] = {
@@ -28,11 +28,13 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp-3m": dpmpp_3m,
     "dpmpp-2m-sde": dpmpp_2m_sde,
     "unipc": unipc,
+    "restart": restart,
 }
 
 # network evaluations for a grid of n steps, where it is not n
 _NFE: dict[str, Callable[..., int]] = {
     "heun": lambda n, **opts: 2 * n - 1,  # no correction on the last step into sigma = 0
+    "restart": lambda n, restart_k=2, restart_steps=3, **opts: 2 * n - 1 + (2 * restart_k * restart_steps if n >= 2 else 0),
 }
 
 _PLUMBING = ("noise", "callback")

@@ -1,0 +1,195 @@
+"""The exact-denoiser benchmark: every sampler against the truth, with no network in the way.
+
+Data: a Gaussian mixture in image space, components centred on real images with a small shared
+std; its denoiser is closed-form (``GaussianMixture``), so a sampler's error is the sampler's own.
+- Deterministic samplers: RMS error of x_0 against a high-accuracy solution of the same
+  probability-flow ODE from the same x_T (Heun, 2000 Karras steps, float64).
+- Every sampler: the Frechet distance between the samples and the mixture's exact moments in the
+  subspace of the top principal directions of the component means, and the fraction of samples
+  that land on a component (squared distance to the nearest mean within chi-square bounds of
+  d std^2). The same numbers for exact draws from the mixture give the sampling floor.
+diffusers' schedulers run in the same loop, on the same denoiser, x_T and NFE.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .oracles import GaussianMixture
+from .rng import SeededNoise
+from .samplers import nfe_for, steps_for_nfe
+from .sampling import sample
+from .schedule import NoiseSchedule
+
+# (label, sampler, options, spacing, deterministic)
+# every deterministic sampler on the trailing grid diffusers uses here, and on the grid its paper uses
+OURS = [
+    ("ddim", "ddim", {}, "trailing", True),
+    ("euler", "euler", {}, "karras", True),
+    ("heun", "heun", {}, "trailing", True),
+    ("heun", "heun", {}, "karras", True),
+    ("dpmpp-2m", "dpmpp-2m", {}, "trailing", True),
+    ("dpmpp-2m", "dpmpp-2m", {}, "logsnr", True),
+    ("dpmpp-3m", "dpmpp-3m", {}, "trailing", True),
+    ("dpmpp-3m", "dpmpp-3m", {}, "logsnr", True),
+    ("unipc-2 bh2", "unipc", {"order": 2, "variant": "bh2"}, "trailing", True),
+    ("unipc-2 bh2", "unipc", {"order": 2, "variant": "bh2"}, "logsnr", True),
+    ("unipc-3 bh1", "unipc", {"order": 3, "variant": "bh1"}, "trailing", True),
+    ("unipc-3 bh1", "unipc", {"order": 3, "variant": "bh1"}, "logsnr", True),
+    ("restart", "restart", {}, "karras", False),
+    ("ddpm small", "ddpm", {"variance": "small"}, "trailing", False),
+    ("ddpm optimal", "ddpm", {"variance": "optimal"}, "trailing", False),
+    ("ddim eta=1", "ddim", {"eta": 1.0}, "trailing", False),
+    ("euler-ancestral", "euler-ancestral", {}, "karras", False),
+    ("dpmpp-2m-sde", "dpmpp-2m-sde", {}, "logsnr", False),
+]
+# diffusers' schedulers, trailing spacing, with the keyword arguments that select the algorithm
+DIFFUSERS = [
+    ("diffusers DDIM", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}, True),
+    ("diffusers Euler", "EulerDiscreteScheduler", {}, True),
+    ("diffusers Heun", "HeunDiscreteScheduler", {}, True),
+    ("diffusers DPM++ 2M", "DPMSolverMultistepScheduler", {"solver_order": 2}, True),
+    ("diffusers DPM++ 3M", "DPMSolverMultistepScheduler", {"solver_order": 3}, True),
+    ("diffusers UniPC", "UniPCMultistepScheduler", {}, True),
+    ("diffusers Euler a", "EulerAncestralDiscreteScheduler", {}, False),
+]
+
+
+def image_mixture(images: torch.Tensor, k: int, std: float, seed: int = 0) -> GaussianMixture:
+    """k components centred on k images drawn (without replacement, seeded) from ``images``."""
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:k]
+    return GaussianMixture(images[idx].double(), std)
+
+
+def principal_directions(gm: GaussianMixture, k: int) -> torch.Tensor:
+    """(k, d): the top principal directions of the component means."""
+    means = gm.means.reshape(len(gm.means), -1)
+    _, _, vh = torch.linalg.svd(means - means.mean(0), full_matrices=False)
+    return vh[:k]
+
+
+def mixture_moments(gm: GaussianMixture, proj: torch.Tensor):
+    """Exact mean and covariance of the mixture, projected: mean = P sum w m, cov = P (C_m + s^2 I) P^T."""
+    means = gm.means.reshape(len(gm.means), -1) @ proj.T
+    w = gm.weights
+    mu = w @ means
+    centred = means - mu
+    cov = (centred.T * w) @ centred + gm.std**2 * torch.eye(len(proj), dtype=torch.float64)
+    return mu, cov
+
+
+def frechet(mu1, cov1, mu2, cov2) -> float:
+    """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)), the root from the eigenvalues of
+    C1^(1/2) C2 C1^(1/2) (symmetric, so stable)."""
+    vals, vecs = torch.linalg.eigh(cov1)
+    root1 = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+    middle = torch.linalg.eigvalsh(root1 @ cov2 @ root1).clamp_min(0).sqrt().sum()
+    return float(((mu1 - mu2) ** 2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * middle)
+
+
+def distribution_errors(x: torch.Tensor, gm: GaussianMixture, proj: torch.Tensor) -> dict:
+    flat = x.reshape(len(x), -1).double()
+    z = flat @ proj.T
+    mu, cov = z.mean(0), torch.cov(z.T)
+    mu_true, cov_true = mixture_moments(gm, proj)
+    d = flat.shape[1]
+    dist2 = torch.cdist(flat, gm.means.reshape(len(gm.means), -1)).min(1).values ** 2 / (d * gm.std**2)
+    half_width = 4 * math.sqrt(2.0 / d)  # chi^2_d / d has std sqrt(2/d)
+    on = ((dist2 > 1 - half_width) & (dist2 < 1 + half_width)).double().mean().item()
+    return {"fd": frechet(mu, cov, mu_true, cov_true), "on_component": on}
+
+
+def diffusers_sample(cls_name: str, kwargs: dict, schedule: NoiseSchedule, model, x_T: torch.Tensor, nfe: int,
+                     seed: int = 0):
+    """Run a diffusers scheduler the way its users do (trailing spacing, its own float32 tables
+    from our betas) for the most steps that fit ``nfe``; returns (x_0, steps, nfe used)."""
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    sched = cls(num_train_timesteps=schedule.T, trained_betas=schedule.betas.tolist(), timestep_spacing="trailing",
+                **kwargs)
+    steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
+    sched.set_timesteps(steps)
+    y = x_T * sched.init_noise_sigma
+    g = torch.Generator().manual_seed(seed)
+    calls = 0
+    with torch.no_grad():
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(y, t)
+            out = model(inp, torch.full((len(y),), float(t)))
+            calls += 1
+            kw = {"generator": g} if cls_name == "EulerAncestralDiscreteScheduler" else {}
+            y = sched.step(out, t, y, **kw).prev_sample
+    return y, steps, calls
+
+
+def fit_order(nfes, errors) -> float | None:
+    """Slope of log error against log NFE over the points with error above 1e-6."""
+    pts = [(n, e) for n, e in zip(nfes, errors) if e is not None and e > 1e-6]
+    if len(pts) < 3:
+        return None
+    n, e = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(-np.polyfit(n, e, 1)[0])
+
+
+def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 100), num: int = 256,
+        eps_moment=None, reference_steps: int = 2000, include_diffusers: bool = True, log=print) -> dict:
+    """Every sampler of ``OURS`` (and ``DIFFUSERS``) at every NFE; returns rows plus the floor."""
+    model = gm.model(schedule, "eps")
+    shape = (num, *gm.shape)
+    x_T = SeededNoise(range(num), gm.shape, dtype=torch.float64)()
+    start = time.perf_counter()
+    reference = sample(model, schedule, sampler="heun", steps=reference_steps, spacing="karras", init_noise=x_T,
+                       dtype=torch.float64)
+    half = sample(model, schedule, sampler="heun", steps=reference_steps // 2, spacing="karras", init_noise=x_T,
+                  dtype=torch.float64)
+    # Heun is second order: the reference's own error is about a third of its distance to the half-step run
+    reference_check = ((half - reference) ** 2).mean().sqrt().item()
+    log(f"reference: Heun, {reference_steps} Karras steps, float64 ({time.perf_counter() - start:.0f} s); "
+        f"RMS distance to {reference_steps // 2} steps: {reference_check:.1e}")
+    proj = principal_directions(gm, 16)
+    floor = distribution_errors(gm.sample(num, torch.Generator().manual_seed(12345)), gm, proj)
+    ref_dist = distribution_errors(reference, gm, proj)
+    rows = []
+
+    def record(label, source, spacing, deterministic, budget, x, steps, used, seconds):
+        row = {"sampler": label, "source": source, "spacing": spacing, "nfe_budget": budget, "steps": steps,
+               "nfe": used, "seconds": seconds, **distribution_errors(x, gm, proj)}
+        row["rms_error"] = ((x.double() - reference) ** 2).mean().sqrt().item() if deterministic else None
+        rows.append(row)
+        err = f"rms {row['rms_error']:.2e}" if deterministic else "stochastic"
+        log(f"  {label:<20} NFE {used:>3}  {err:<14} FD {row['fd']:.4f}  on-component {row['on_component']:.2f}")
+
+    for budget in nfes:
+        for label, name, opts, spacing, deterministic in OURS:
+            if name == "ddpm" and opts.get("variance") == "optimal" and eps_moment is None:
+                continue
+            try:
+                steps = steps_for_nfe(name, budget, schedule.T, **opts)
+            except ValueError:
+                continue  # cannot fit even one step into this budget (restart needs 2 + its restarts)
+            if name == "restart" and steps < 2:
+                continue
+            extra = {"eps_moment": eps_moment} if opts.get("variance") == "optimal" else {}
+            t0 = time.perf_counter()
+            x, info = sample(model, schedule, sampler=name, steps=steps, spacing=spacing, init_noise=x_T,
+                             seeds=range(num), dtype=torch.float32, return_info=True, **opts, **extra)
+            record(label, "ddpmkit", spacing, deterministic, budget, x, steps, info["nfe"], time.perf_counter() - t0)
+            assert info["nfe"] == nfe_for(name, steps, **opts)
+        if include_diffusers:
+            for label, cls_name, kw, deterministic in DIFFUSERS:
+                t0 = time.perf_counter()
+                x, steps, used = diffusers_sample(cls_name, kw, schedule, model, x_T.float(), budget)
+                record(label, "diffusers", "trailing", deterministic, budget, x, steps, used, time.perf_counter() - t0)
+    orders = {}
+    for key in dict.fromkeys(f"{r['sampler']} / {r['spacing']}" for r in rows):
+        mine = [r for r in rows if f"{r['sampler']} / {r['spacing']}" == key and r["rms_error"] is not None]
+        if mine:
+            orders[key] = fit_order([r["nfe"] for r in mine], [r["rms_error"] for r in mine])
+    return {"rows": rows, "floor": floor, "reference": ref_dist, "reference_check": reference_check, "orders": orders,
+            "mixture": {"components": len(gm.means), "std": gm.std, "shape": list(gm.shape)}, "num": num,
+            "nfes": list(nfes), "schedule": schedule.to_config()}

@@ -1,0 +1,53 @@
+"""The exact-denoiser benchmark's measurements, and a tiny run of it."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from ddpmkit import GaussianMixture, NoiseSchedule
+from ddpmkit.exact_benchmark import distribution_errors, frechet, image_mixture, mixture_moments, principal_directions, run
+
+
+def test_frechet_matches_scipy():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, 6, generator=g, dtype=torch.float64)
+    c1, c2 = a @ a.T + 0.1 * torch.eye(6), b @ b.T + 0.1 * torch.eye(6)
+    m1, m2 = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    root = scipy.linalg.sqrtm(c1.numpy() @ c2.numpy()).real
+    expect = float(((m1 - m2) ** 2).sum() + np.trace(c1.numpy() + c2.numpy() - 2 * root))
+    assert frechet(m1, c1, m2, c2) == pytest.approx(expect, rel=1e-8)
+    assert frechet(m1, c1, m1, c1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_exact_draws_score_as_the_truth():
+    means = torch.randn(30, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gm = GaussianMixture(means, 0.1)
+    proj = principal_directions(gm, 8)
+    mu, cov = mixture_moments(gm, proj)
+    big = gm.sample(20000, torch.Generator().manual_seed(2))
+    z = big.reshape(len(big), -1) @ proj.T
+    torch.testing.assert_close(z.mean(0), mu, atol=0.03, rtol=0)
+    # Monte Carlo error of a covariance entry: about sqrt(C_ii C_jj / n); allow 4 of them
+    tol = 4 * (torch.outer(cov.diagonal(), cov.diagonal()) / len(z)).sqrt()
+    assert torch.all((torch.cov(z.T) - cov).abs() <= tol)
+    errs = distribution_errors(big[:2000], gm, proj)
+    shrunk = distribution_errors(0.9 * big[:2000], gm, proj)  # 10% under-dispersed about the origin
+    assert errs["on_component"] > 0.99 and errs["fd"] < 0.15 and shrunk["fd"] > 3 * errs["fd"]
+    assert distribution_errors(big, gm, proj)["fd"] < 0.01  # the estimate's bias shrinks with n
+    blurred = gm.means.mean(0, keepdim=True).expand(100, -1, -1, -1)  # the mean image: on no component
+    assert distribution_errors(blurred, gm, proj)["on_component"] == 0.0
+
+
+def test_tiny_run_has_every_row():
+    digits = torch.randn(50, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    gm = image_mixture(digits, 8, 0.2)
+    result = run(gm, NoiseSchedule("linear", 1000), nfes=(5, 10), num=8, reference_steps=100, log=lambda *a: None)
+    labels = {r["sampler"] for r in result["rows"]}
+    assert {"ddim", "heun", "dpmpp-3m", "unipc-3 bh1", "diffusers DDIM", "diffusers UniPC"} <= labels
+    ddim = {(r["sampler"], r["nfe"]): r["rms_error"] for r in result["rows"] if "DDIM" in r["sampler"] or r["sampler"] == "ddim"}
+    # the same algorithm on the same grid, the same error (diffusers' DDIM steps to t - T // n, which
+    # is the next trailing grid point only when n divides T, as 5 and 10 do)
+    for n in (5, 10):
+        assert ddim[("ddim", n)] == pytest.approx(ddim[("diffusers DDIM", n)], rel=1e-3)
+    assert all(r["nfe"] <= r["nfe_budget"] for r in result["rows"])
