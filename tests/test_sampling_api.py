@@ -99,7 +99,7 @@ def test_explicit_fractional_timesteps():
 
     x = sample(model, SCHED, sampler="ddim", timesteps=[999, 500.5, 120.25], shape=(2, *SHAPE))
     assert x.shape == (2, *SHAPE)
-    assert calls[0].dtype == torch.int64 and calls[1].dtype == torch.float32
+    assert calls[0].dtype == torch.int64 and calls[1].dtype == torch.float64
     assert calls[1].tolist() == [500.5, 500.5]
 
 

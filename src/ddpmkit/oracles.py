@@ -101,6 +101,8 @@ class GaussianMixture:
             raise ValueError("the closed-form ODE solution is implemented for a single Gaussian only")
         m = self.means[0].to(x.device)
         s2 = self.std**2
+        if abar_from == 0.0:  # from pure noise (zero terminal SNR): the limit of the formula below
+            return (math.sqrt(abar_to) * m + math.sqrt(abar_to * s2 + 1 - abar_to) * x.to(torch.float64)).to(x.dtype)
         sig_from2, sig_to2 = 1 / abar_from - 1, 1 / abar_to - 1
         y = x.to(torch.float64) / math.sqrt(abar_from)
         y_to = m + (y - m) * math.sqrt((s2 + sig_to2) / (s2 + sig_from2))

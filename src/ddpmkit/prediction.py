@@ -74,7 +74,8 @@ class Denoiser:
     """Wraps ``model(x_t, t) -> output`` into ``denoiser(x_t, t) -> (eps_hat, x0_hat)``.
 
     ``t`` is a scalar timestep (integer or fractional); the model receives a 1-D tensor of the
-    batch size, int64 when t is a whole number (as diffusers passes it) and float32 otherwise.
+    batch size, int64 when t is a whole number (as diffusers passes it) and float64 otherwise (exact;
+    a network casts it to its own precision).
     ``clip=True`` clamps x0_hat to ``data_range``; ``threshold=p`` applies dynamic thresholding with
     quantile p instead. After either, eps_hat is recomputed from the adjusted x0_hat so the pair
     stays consistent with x_t (as improved/guided-diffusion's DDIM does). ``nfe`` counts model calls.
@@ -96,6 +97,8 @@ class Denoiser:
     ):
         self.model, self.schedule = model, schedule
         self.prediction = check_prediction(prediction)
+        if clip and threshold is not None:
+            raise ValueError("give clip or threshold, not both (thresholding already clips)")
         if threshold is not None and not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold={threshold} is not a quantile; need a value in (0, 1]")
         if threshold_max is not None and threshold_max < 1.0:
@@ -117,7 +120,7 @@ class Denoiser:
     def timestep_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
         if float(t).is_integer():
             return torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
-        return torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
+        return torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
 
     def __call__(self, x_t: torch.Tensor, t: float):
         abar = self.schedule.abar_at(t)

@@ -91,7 +91,7 @@ def sample(
     seeds = check_seeds(range(n) if seeds is None else seeds)
     if len(seeds) != n:
         raise ValueError(f"got {len(seeds)} seeds for {n} samples; give one seed per sample")
-    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r} is not valid; need a positive integer")
     device = torch.device(device) if device is not None else (_model_device(model) or torch.device("cpu"))
 

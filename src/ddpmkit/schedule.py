@@ -110,6 +110,9 @@ class NoiseSchedule:
             betas = rescale_zero_terminal_snr(betas)
         if not (np.all(betas > 0) and np.all(betas <= 1)):
             raise ValueError(f"schedule {name!r} with {resolved} gives betas outside (0, 1]")
+        if not zero_terminal_snr and np.any(betas >= 1):
+            raise ValueError(f"schedule {name!r} with T={T} and {resolved} reaches beta = 1 (abar = 0); raise T, "
+                             "lower beta_end, or ask for zero_terminal_snr=True")
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(self.alphas)
@@ -172,31 +175,46 @@ class NoiseSchedule:
         return float(out) if out.ndim == 0 else out
 
     def t_at_log_snr(self, lam):
-        """The (fractional) timestep whose logSNR is ``lam``: the inverse of ``abar_at``, exact at the
-        table's entries and linear in logSNR between them. ``lam`` is clipped to the table's range."""
+        """The (fractional) timestep whose logSNR is ``lam``: the inverse of ``abar_at`` over the
+        table's finite logSNR range, exact at its entries and linear in logSNR between them. A
+        value outside that range (beyond round-off) is an error, never silently clipped."""
         table = self.log_snr  # decreasing in t
         finite = np.isfinite(table)
-        t_idx = np.arange(self.T, dtype=np.float64)[finite]
-        lam = np.clip(np.asarray(lam, dtype=np.float64), table[finite][-1], table[finite][0])
-        out = np.interp(-lam, -table[finite], t_idx)  # np.interp needs increasing x
+        lo, hi = table[finite][-1], table[finite][0]
+        lam = np.asarray(lam, dtype=np.float64)
+        slack = 1e-9 * max(abs(lo), abs(hi), 1.0)
+        if np.any(~(lam >= lo - slack)) or np.any(~(lam <= hi + slack)):
+            raise ValueError(f"logSNR outside the schedule's range [{lo:.4g}, {hi:.4g}] "
+                             f"(sigma in [{np.exp(-hi / 2):.4g}, {np.exp(-lo / 2):.4g}])")
+        out = np.interp(-np.clip(lam, lo, hi), -table[finite], np.arange(self.T, dtype=np.float64)[finite])
         return float(out) if out.ndim == 0 else out
 
     def t_at_sigma(self, sigma):
         """The timestep whose sigma = sqrt((1 - abar) / abar) is ``sigma`` (log sigma = -logSNR / 2)."""
-        return self.t_at_log_snr(-2.0 * np.log(np.asarray(sigma, dtype=np.float64)))
+        sigma = np.asarray(sigma, dtype=np.float64)
+        if np.any(~(sigma > 0)):
+            raise ValueError("sigma must be > 0 to have a timestep; sigma = 0 is clean data, after the grid")
+        return self.t_at_log_snr(-2.0 * np.log(sigma))
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest finite sigma of the table (at t = T-1, or T-2 with zero terminal SNR)."""
+        s = self.sigmas
+        return float(s[np.isfinite(s)].max())
 
     def grid(self, steps: int, spacing: str = "trailing", *, rho: float = 7.0) -> np.ndarray:
         """A descending step grid of ``steps`` timesteps. Integer spacings as ``make_grid``;
         ``karras``: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras
         et al. 2022, eq. 5) between the schedule's sigma at t = T-1 and t = 0; ``logsnr``: uniform
         in logSNR over the same range (the DPM-Solver choice). Both start at t = T-1, end at t = 0,
-        and are fractional in between; after the last point the sample goes to clean data."""
+        and are fractional in between, so they may have more than T steps; after the last point
+        the sample goes to clean data."""
         if spacing in SPACINGS:
             return make_grid(self.T, steps, spacing)
         if spacing not in CONTINUOUS_SPACINGS:
             raise _choice_error("spacing", spacing, ALL_SPACINGS)
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.T:
-            raise ValueError(f"steps={steps!r} is not valid; need an integer in [1, {self.T}]")
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"steps={steps!r} is not valid; need an integer >= 1")
         lam_max, lam_min = self.log_snr[0], self.log_snr[-1]
         if not np.isfinite(lam_min):
             raise ValueError(f"the {spacing!r} spacing needs a finite terminal SNR; use trailing with zero_terminal_snr")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -31,12 +32,12 @@ def ddim(denoiser, x, grid, *, noise, eta: float = 0.0, callback=None):
     first order); eta = 1 is ancestral sampling on the grid with the small variance, i.e. equal to
     ``ddpm(variance="small")`` on the same grid.
     """
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta!r} is outside [0, 1]")
     for i, (t, abar_t, abar_s) in enumerate(denoiser.schedule.transitions(grid)):
         eps, x0 = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, x0)
-        z = noise() if ddim_sigma(abar_t, abar_s, eta) > 0.0 else None
-        x, _ = ddim_step(x, eps, x0, abar_t, abar_s, eta, z)
+        stochastic = eta > 0.0 and abar_s < 1.0  # sigma > 0 on every step but the one into clean data
+        x, _ = ddim_step(x, eps, x0, abar_t, abar_s, eta, noise() if stochastic else None)
     return x

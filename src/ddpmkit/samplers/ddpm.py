@@ -38,6 +38,8 @@ def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_s: float,
     elif variance == "optimal":
         if eps_moment is None:
             raise ValueError("variance='optimal' needs the model's eps moment Gamma_t (Analytic-DPM)")
+        if abar_t == 0.0:  # Theorem 1's inf * 0: the limit needs Var(x0), which Gamma cannot give
+            raise ValueError("variance='optimal' is undefined at abar = 0 (zero terminal SNR); use small or large")
         gap = math.sqrt((1.0 - abar_t) * abar_s / abar_t) - math.sqrt(max(1.0 - abar_s - small, 0.0))
         var = small + gap**2 * (1.0 - min(max(eps_moment, 0.0), 1.0))
     else:

@@ -17,9 +17,15 @@ import torch
 
 
 def _vp(abar: float) -> tuple[float, float, float]:
-    """(alpha, sigma, lambda) at noise level abar; lambda = inf for clean data."""
+    """(alpha, sigma, lambda) at noise level abar; lambda = inf for clean data and -inf for pure
+    noise (zero terminal SNR), where the first-order step is exact and higher-order differences
+    against that point vanish (r = inf), so the solvers drop an order there by themselves."""
     alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
-    return alpha, sigma, (math.inf if sigma == 0.0 else math.log(alpha) - math.log(sigma))
+    if sigma == 0.0:
+        return alpha, sigma, math.inf
+    if alpha == 0.0:
+        return alpha, sigma, -math.inf
+    return alpha, sigma, math.log(alpha) - math.log(sigma)
 
 
 def _order_at(i: int, n: int, order: int) -> int:

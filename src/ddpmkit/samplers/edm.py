@@ -16,7 +16,7 @@ import torch
 
 
 def _sigma(abar: float) -> float:
-    return math.sqrt((1.0 - abar) / abar)
+    return math.sqrt((1.0 - abar) / abar) if abar > 0.0 else math.inf
 
 
 def _denoise(denoiser, y: torch.Tensor, sigma: float, t: float) -> torch.Tensor:
@@ -34,7 +34,8 @@ def _sigmas(denoiser, grid) -> tuple[list[float], list[float]]:
 
 
 def _check_churn(s_churn, s_tmin, s_tmax, s_noise):
-    if s_churn < 0 or s_tmin < 0 or s_tmax < s_tmin or s_noise < 0:
+    # written as "not valid" so that NaN fails too
+    if not (s_churn >= 0 and s_tmin >= 0 and s_tmax >= s_tmin and s_noise >= 0 and math.isfinite(s_churn)):
         raise ValueError(f"need s_churn >= 0, 0 <= s_tmin <= s_tmax, s_noise >= 0; got s_churn={s_churn}, "
                          f"s_tmin={s_tmin}, s_tmax={s_tmax}, s_noise={s_noise}")
 
@@ -50,7 +51,7 @@ def _edm(denoiser, x, grid, noise, callback, second_order, s_churn, s_tmin, s_tm
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     sched = denoiser.schedule
     ts, sigmas = _sigmas(denoiser, grid)
-    sigma_max = float(sched.sigmas[-1])
+    sigma_max = sched.sigma_max  # churn never asks for more noise than the network was trained on
     n = len(ts)
     y = x * math.sqrt(1.0 + sigmas[0] ** 2)
     for i in range(n):
@@ -95,7 +96,7 @@ def euler_ancestral(denoiser, x, grid, *, noise, eta: float = 1.0, s_noise: floa
     sigma_{i+1}^2) / sigma_i^2)), sigma_down = sqrt(sigma_{i+1}^2 - sigma_up^2). N steps, N NFE."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta!r} is outside [0, 1]")
-    if s_noise < 0:
+    if not s_noise >= 0:
         raise ValueError(f"s_noise={s_noise} must be >= 0")
     ts, sigmas = _sigmas(denoiser, grid)
     y = x * math.sqrt(1.0 + sigmas[0] ** 2)
@@ -112,14 +113,20 @@ def euler_ancestral(denoiser, x, grid, *, noise, eta: float = 1.0, s_noise: floa
     return y
 
 
-def _heun_path(denoiser, y, sigmas, ts):
-    """Heun steps along ``sigmas`` (all > 0) with timesteps ``ts``; 2 NFE per step."""
+def _heun_path(denoiser, y, sigmas, ts, callback=None, first_index=0):
+    """Heun steps along ``sigmas`` with timesteps ``ts`` (EDM Algorithm 2 without churn); the last
+    step is Euler when it ends at sigma = 0. Calls ``callback`` at every step."""
     for i in range(len(sigmas) - 1):
         s_cur, s_next = sigmas[i], sigmas[i + 1]
-        d = (y - _denoise(denoiser, y, s_cur, ts[i])) / s_cur
+        x0 = _denoise(denoiser, y, s_cur, ts[i])
+        if callback is not None:
+            callback(first_index + i, ts[i], y / math.sqrt(1.0 + s_cur**2), x0)
+        d = (y - x0) / s_cur
         y_next = y + (s_next - s_cur) * d
-        d_next = (y_next - _denoise(denoiser, y_next, s_next, ts[i + 1])) / s_next
-        y = y + (s_next - s_cur) * 0.5 * (d + d_next)
+        if s_next > 0.0:
+            d_next = (y_next - _denoise(denoiser, y_next, s_next, ts[i + 1])) / s_next
+            y_next = y + (s_next - s_cur) * 0.5 * (d + d_next)
+        y = y_next
     return y
 
 
@@ -133,38 +140,29 @@ def restart(denoiser, x, grid, *, noise, restart_tmin: float = 0.06, restart_tma
     restarts contract the errors accumulated so far, the ODE keeps each pass cheap. If the grid is so
     coarse that that point lies above ``restart_tmax``, the restart goes back up to the previous grid
     point instead. Needs >= 2 steps to restart. N steps, 2N - 1 + 2 k restart_steps NFE."""
-    if not 0.0 < restart_tmin < restart_tmax:
+    if not 0.0 < restart_tmin < restart_tmax < math.inf:
         raise ValueError(f"need 0 < restart_tmin < restart_tmax; got {restart_tmin}, {restart_tmax}")
     for name, value in (("restart_k", restart_k), ("restart_steps", restart_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be an integer >= 1")
-    if s_noise < 0:
+    if not s_noise >= 0:
         raise ValueError(f"s_noise={s_noise} must be >= 0")
     sched = denoiser.schedule
+    if restart_tmax > sched.sigma_max:
+        raise ValueError(f"restart_tmax={restart_tmax} exceeds the schedule's largest sigma {sched.sigma_max:.4g}")
     ts, sigmas = _sigmas(denoiser, grid)
     n = len(ts)
-    j = None
-    if n >= 2:
-        j = min(range(1, n), key=lambda i: abs(math.log(sigmas[i]) - math.log(restart_tmin)))
     y = x * math.sqrt(1.0 + sigmas[0] ** 2)
-    for i in range(n):
-        if i == j:  # restart from grid point j, k times
-            top = restart_tmax if restart_tmax > sigmas[j] else sigmas[j - 1]
-            u = [r / restart_steps for r in range(restart_steps + 1)]
-            sub = [(top ** (1 / 7) + v * (sigmas[j] ** (1 / 7) - top ** (1 / 7))) ** 7 for v in u]
-            sub[-1] = sigmas[j]
-            sub_ts = [sched.t_at_sigma(s) for s in sub[:-1]] + [ts[j]]
-            for _ in range(restart_k):
-                y = y + math.sqrt(top**2 - sigmas[j] ** 2) * s_noise * noise()
-                y = _heun_path(denoiser, y, sub, sub_ts)
-        s_cur, s_next = sigmas[i], sigmas[i + 1]
-        x0 = _denoise(denoiser, y, s_cur, ts[i])
-        if callback is not None:
-            callback(i, ts[i], y / math.sqrt(1.0 + s_cur**2), x0)
-        d = (y - x0) / s_cur
-        y_next = y + (s_next - s_cur) * d
-        if s_next > 0.0:
-            d_next = (y_next - _denoise(denoiser, y_next, s_next, ts[i + 1])) / s_next
-            y_next = y + (s_next - s_cur) * 0.5 * (d + d_next)
-        y = y_next
-    return y
+    if n < 2:
+        return _heun_path(denoiser, y, sigmas, ts + [None], callback)
+    j = min(range(1, n), key=lambda i: abs(math.log(sigmas[i]) - math.log(restart_tmin)))
+    y = _heun_path(denoiser, y, sigmas[: j + 1], ts[: j + 1], callback)  # the main ODE down to point j
+    top = restart_tmax if restart_tmax > sigmas[j] else sigmas[j - 1]
+    sub = [(top ** (1 / 7) + r / restart_steps * (sigmas[j] ** (1 / 7) - top ** (1 / 7))) ** 7
+           for r in range(restart_steps + 1)]
+    sub[-1] = sigmas[j]
+    sub_ts = [sched.t_at_sigma(s) for s in sub[:-1]] + [ts[j]]
+    for _ in range(restart_k):  # forward jump back up to `top`, then the ODE down again
+        y = y + math.sqrt(top**2 - sigmas[j] ** 2) * s_noise * noise()
+        y = _heun_path(denoiser, y, sub, sub_ts)
+    return _heun_path(denoiser, y, sigmas[j:], ts[j:] + [None], callback, first_index=j)

@@ -42,8 +42,13 @@ def _uni_step(x, sigma_s, sigma_t, alpha_t, h, history, order, variant, m_new=No
     """UniP-order (m_new None) or UniC-order (m_new = x0_hat at the step's end) from s to t.
     history: [(x0_hat, lambda)] newest first, history[0] at s."""
     m0, lam0 = history[0]
+    if not math.isfinite(h):  # from pure noise (zero terminal SNR): the exact first-order step, uncorrected
+        return (sigma_t / sigma_s) * x + alpha_t * m0
     rks, diffs = [], []
     for mk, lamk in history[1:order]:
+        if not math.isfinite(lamk):  # a pure-noise point carries no slope information
+            order -= 1
+            continue
         rk = (lamk - lam0) / h
         rks.append(rk)
         diffs.append((mk - m0) / rk)
