@@ -25,7 +25,7 @@ def test_demo_writes_grid_and_table(tmp_path):
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "d.md").read_text()
-    assert table.count("\n| ") == 9 and "| ddpm 1000 small | 1000 |" in table
+    assert table.count("\n| ") == 11 and "| ddpm 1000 small | 1000 |" in table and "| unipc 10 logsnr | 10 |" in table
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
 
 

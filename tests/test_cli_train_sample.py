@@ -125,3 +125,22 @@ def test_kill_9_leaves_the_checkpoint_whole(tmp_path):
     r = ddpmkit("train", "--out", out, "--resume", "--steps", step + 2, "--quiet")
     assert r.returncode == 0, r.stderr
     assert read_config(out / "checkpoint.safetensors")["step"] == step + 2
+
+
+def test_moments_enable_the_optimal_variance(run_dir, tmp_path, cli_error):
+    import shutil
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(run_dir / "model.safetensors", model)
+    args = ["sample", "--model", model, "--sampler", "ddpm", "--variance", "optimal", "--steps", 10, "--num", 4]
+    assert "needs the model's eps moments" in cli_error(*args, "--out", tmp_path / "a.png", "--quiet")
+    r = ddpmkit("moments", "--model", model, "--dataset", "digits", "--num", 32, "--timesteps", 4)
+    assert r.returncode == 0 and "stored Analytic-DPM's eps moments" in r.stdout, r.stderr
+    config = read_config(model)
+    assert config["analytic"]["images"] == 32 and config["step"] == 30  # the rest of the config is kept
+    r = ddpmkit(*args, "--out", tmp_path / "b.npz", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert np.isfinite(np.load(tmp_path / "b.npz")["samples"]).all()
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (5, 5)).save(tmp_path / "imgs" / "x.png")
+    assert "has images of shape" in cli_error("moments", "--model", model, "--dataset", f"folder:{tmp_path / 'imgs'}")

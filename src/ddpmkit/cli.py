@@ -238,7 +238,7 @@ def _cmd_sample(args) -> None:
                prediction=model.prediction, shape=(num, *model.shape), seeds=seeds, init_noise=init,
                batch_size=args.batch_size, data_range=model.data_range, device=args.device,
                callback=(lambda *a: bar.update(1)) if bar else None,
-               clip=args.clip, threshold=args.threshold, return_info=True, **options)
+               clip=args.clip, threshold=args.threshold, eps_moment=model.eps_moment, return_info=True, **options)
     if bar:
         bar.close()
     _write_samples(x, seeds, out, kind, model.data_range)
@@ -274,6 +274,27 @@ def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_ra
                 pic.save(tmp, format="PNG")
 
 
+# -- ddpmkit moments -------------------------------------------------------------------------------
+def _cmd_moments(args) -> None:
+    from .analytic import estimate_eps_moment
+    from .data import load_dataset
+    from .models import load_model, store_eps_moment
+
+    model = load_model(args.model, device=args.device)
+    data = load_dataset(args.dataset, args.data_dir)
+    if tuple(data.shape) != tuple(model.shape):
+        raise ValueError(f"--dataset {args.dataset} has images of shape {data.shape}; the model makes {model.shape}")
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.num]
+    x0 = data.batch(idx).to(args.device)
+    moment = estimate_eps_moment(model.net, model.schedule, x0, prediction=model.prediction,
+                                 num_timesteps=min(args.timesteps, model.schedule.T), batch_size=args.batch_size,
+                                 seed=args.seed)
+    info = {"dataset": data.name, "images": len(x0), "timesteps": args.timesteps, "seed": args.seed}
+    file = store_eps_moment(model.path, moment, info)
+    print(f"stored Analytic-DPM's eps moments ({len(x0)} images x {args.timesteps} timesteps) in {file}; "
+          f"Gamma ranges {moment.min():.4f}..{moment.max():.4f}")
+
+
 # -- the parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddpmkit", description="Diffusion models built around sampling.", formatter_class=FMT)
@@ -296,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "seed SEED + i and does not depend on the batch size.")
     _add_sample_options(s)
     s.set_defaults(func=_cmd_sample)
+
+    m = sub.add_parser("moments", formatter_class=FMT, help="store Analytic-DPM's eps moments in a model file",
+                       description="Estimate Gamma_t = E||eps_hat(x_t)||^2 / d (Bao et al. 2022) over training "
+                       "images and store it in the model file, so that `sample --sampler ddpm --variance optimal` "
+                       "works. Costs --num x --timesteps network evaluations, once.")
+    m.add_argument("--model", required=True, help="a model file, or a training run's folder")
+    m.add_argument("--dataset", default="digits", help="the data the model was trained on")
+    m.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: data/DATASET)")
+    m.add_argument("--num", type=positive_int, default=1000, help="training images to average over")
+    m.add_argument("--timesteps", type=positive_int, default=100, help="timesteps to estimate at (interpolated between)")
+    m.add_argument("--batch-size", type=positive_int, default=256, help="images per network call")
+    m.add_argument("--seed", type=nonneg_int, default=0, help="seed of the image choice and the noise")
+    m.add_argument("--device", default="cpu", help="torch device")
+    m.set_defaults(func=_cmd_moments)
 
     sub.add_parser("samplers", formatter_class=FMT, help="list the samplers with their options and defaults").set_defaults(
         func=_cmd_samplers)

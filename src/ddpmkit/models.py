@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pathlib
 
+import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_into, load_tensors
@@ -24,6 +25,7 @@ class LoadedModel:
     data_range: tuple[float, float]
     config: dict
     path: pathlib.Path
+    eps_moment: np.ndarray | None = None  # Analytic-DPM's Gamma_t, when ``ddpmkit moments`` stored it
 
 
 def resolve(path: str | os.PathLike) -> pathlib.Path:
@@ -67,4 +69,24 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
         data_range = tuple(float(v) for v in config["data"].get("range", (-1.0, 1.0)))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{file} has an invalid config: {e}") from None
-    return LoadedModel(net.to(device).eval().requires_grad_(False), schedule, prediction, shape, data_range, config, file)
+    moment = None
+    if "analytic" in config:
+        moment = load_tensors(file, "analytic.")[0]["eps_moment"].double().numpy()
+        if moment.shape != (schedule.T,):
+            raise CheckpointError(f"{file}: analytic.eps_moment has shape {moment.shape}, expected ({schedule.T},)")
+    return LoadedModel(net.to(device).eval().requires_grad_(False), schedule, prediction, shape, data_range, config,
+                       file, moment)
+
+
+def store_eps_moment(path: str | os.PathLike, moment: np.ndarray, info: dict) -> pathlib.Path:
+    """Add Analytic-DPM's Gamma_t table to a model file (rewritten atomically), so that
+    ``variance="optimal"`` works from it. ``info`` (data set, sample count, ...) goes to its config."""
+    file = resolve(path)
+    tensors, config = load_tensors(file)
+    tensors["analytic.eps_moment"] = torch.as_tensor(np.asarray(moment, dtype=np.float64))
+    config = {k: v for k, v in config.items() if k not in ("format", "version")}
+    config["analytic"] = info
+    from .checkpoint import save_checkpoint
+
+    save_checkpoint(file, tensors, config)
+    return file
