@@ -91,3 +91,18 @@ def test_atomic_path_needs_existing_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         with atomic_path(tmp_path / "nope" / "x.bin"):
             pass
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import stat
+
+    p = tmp_path / "new.txt"
+    from ddpmkit.files import write_text
+
+    write_text(p, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+    p.chmod(0o640)
+    write_text(p, "y")  # replacing a file keeps its mode
+    assert stat.S_IMODE(p.stat().st_mode) == 0o640

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from .metrics import frechet_distance
 from .oracles import GaussianMixture
 from .rng import SeededNoise
 from .samplers import nfe_for, steps_for_nfe
@@ -84,15 +85,6 @@ def mixture_moments(gm: GaussianMixture, proj: torch.Tensor):
     return mu, cov
 
 
-def frechet(mu1, cov1, mu2, cov2) -> float:
-    """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)), the root from the eigenvalues of
-    C1^(1/2) C2 C1^(1/2) (symmetric, so stable)."""
-    vals, vecs = torch.linalg.eigh(cov1)
-    root1 = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
-    middle = torch.linalg.eigvalsh(root1 @ cov2 @ root1).clamp_min(0).sqrt().sum()
-    return float(((mu1 - mu2) ** 2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * middle)
-
-
 def nearest_component(x: torch.Tensor, gm: GaussianMixture) -> torch.Tensor:
     return torch.cdist(x.reshape(len(x), -1).double(), gm.means.reshape(len(gm.means), -1)).argmin(1)
 
@@ -106,7 +98,7 @@ def distribution_errors(x: torch.Tensor, gm: GaussianMixture, proj: torch.Tensor
     dist2 = torch.cdist(flat, gm.means.reshape(len(gm.means), -1)).min(1).values ** 2 / (d * gm.std**2)
     half_width = 4 * math.sqrt(2.0 / d)  # chi^2_d / d has std sqrt(2/d)
     on = ((dist2 > 1 - half_width) & (dist2 < 1 + half_width)).double().mean().item()
-    return {"fd": frechet(mu, cov, mu_true, cov_true), "on_component": on}
+    return {"fd": frechet_distance(mu, cov, mu_true, cov_true), "on_component": on}
 
 
 def diffusers_sample(cls_name: str, kwargs: dict, schedule: NoiseSchedule, model, x_T: torch.Tensor, nfe: int,
