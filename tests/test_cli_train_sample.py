@@ -1,6 +1,7 @@
 """End to end, as a new user runs it: train briefly on digits, then sample with each sampler."""
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -144,3 +145,36 @@ def test_moments_enable_the_optimal_variance(run_dir, tmp_path, cli_error):
     (tmp_path / "imgs").mkdir()
     Image.new("L", (5, 5)).save(tmp_path / "imgs" / "x.png")
     assert "has images of shape" in cli_error("moments", "--model", model, "--dataset", f"folder:{tmp_path / 'imgs'}")
+
+
+def test_eval_reports_metrics_with_the_floor_and_resumes(run_dir, tmp_path):
+    import json
+
+    args = ["eval", "--model", run_dir, "--sampler", "ddim", "--nfe", 5, "--num", 40, "--cache", tmp_path / "cache",
+            "--quiet"]
+    r = ddpmkit(*args, "--out", tmp_path / "a.json")
+    assert r.returncode == 0, r.stderr
+    assert "data floor" in r.stdout and "class frequencies" in r.stdout
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["nfe"] == 5 and a["num"] == 40 and a["cached_samples"] == 0
+    assert {"fid", "is", "kid", "precision", "recall", "floor", "class_frequencies"} <= set(a)
+    assert abs(sum(a["class_frequencies"]) - 1) < 1e-9 and a["floor"]["fid"] > 0
+    r = ddpmkit(*args, "--out", tmp_path / "b.json")
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["cached_samples"] == 40 and b["fid"] == a["fid"]
+
+
+def test_generate_resumes_from_its_chunks(run_dir, tmp_path):
+    from ddpmkit.evaluate import generate
+    from ddpmkit.models import load_model
+
+    model = load_model(run_dir)
+    kw = dict(sampler="ddim", steps=4, spacing="trailing", options={}, num=48, seed=3, levels=16,
+              cache_dir=tmp_path, chunk=16)
+    first, info = generate(model, **kw)
+    assert first.dtype == np.uint8 and first.shape == (48, 1, 8, 8) and first.max() <= 16 and info["cached"] == 0
+    chunks = sorted(pathlib.Path(info["cache"]).iterdir())
+    assert len(chunks) == 3
+    chunks[1].unlink()  # as if interrupted while making the middle chunk
+    again, info = generate(model, **kw)
+    assert info["cached"] == 32 and np.array_equal(again, first)

@@ -41,11 +41,13 @@ def floor(net, reference, other) -> dict:
 
 
 def save_stats(net, reference, path, info: dict) -> None:
+    """Mean and covariance (float64) of the reference set's features, and the features themselves
+    (float16, for KID and precision/recall, which need points rather than moments)."""
     feats, _ = predict(net, reference)
     mu, sigma = metrics.feature_statistics(feats)
+    tensors = {"mu": torch.as_tensor(mu), "sigma": torch.as_tensor(sigma), "features": feats.to(torch.float16)}
     with atomic_path(path) as tmp:
-        save_file({"mu": torch.as_tensor(mu), "sigma": torch.as_tensor(sigma)}, str(tmp),
-                  metadata={"info": json.dumps(info)})
+        save_file(tensors, str(tmp), metadata={"info": json.dumps(info)})
 
 
 def main(argv=None) -> int:

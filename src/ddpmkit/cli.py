@@ -148,7 +148,8 @@ def _all_sampler_options() -> dict[str, dict[str, object]]:
     return out
 
 
-def _add_sample_options(p: argparse.ArgumentParser) -> None:
+def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
+    """The options that choose a model and how to sample it (shared by sample and eval)."""
     p.add_argument("--model", required=True, help="a checkpoint file, or a training run's folder")
     p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", type=positive_int, default=None,
@@ -165,14 +166,35 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
                        help=f"sampler option ({defaults})")
     p.add_argument("--clip", action="store_true", help="clamp x0_hat to the data range at every step")
     p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
-    p.add_argument("--num", type=positive_int, default=None, help="number of samples (default: 16, or as many as --init-noise holds)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="sample i uses seed SEED + i")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per network call")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="samples per network call")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _sampling_plan(args, model) -> tuple[dict, int]:
+    """(sampler options given on the command line, steps) after checking them against the sampler."""
+    options = {k: getattr(args, k) for k in _all_sampler_options() if getattr(args, k) is not None}
+    valid = sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
+    for k in options:
+        if k not in valid:
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to sampler {args.sampler!r}; "
+                             f"its options: {', '.join('--' + o for o in valid) or 'none'}")
+    if args.steps is not None and args.nfe is not None:
+        raise ValueError("give --steps or --nfe, not both")
+    if args.nfe is not None:
+        return options, steps_for_nfe(args.sampler, args.nfe, model.schedule.T, **options)
+    if args.steps is not None:
+        return options, args.steps
+    return options, model.schedule.T if args.sampler == "ddpm" else 50
+
+
+def _add_sample_options(p: argparse.ArgumentParser) -> None:
+    _add_sampler_args(p)
+    p.add_argument("--num", type=positive_int, default=None, help="number of samples (default: 16, or as many as --init-noise holds)")
     p.add_argument("--init-noise", default=None, help=".npy file of x_T, shape (N, C, H, W)")
     p.add_argument("--out", required=True, help="grid.png (an image grid), samples.npz (float32 in [-1, 1] and seeds) "
                    "or a folder (one PNG per sample, named by its seed)")
-    p.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _output_kind(out: pathlib.Path) -> str:
@@ -208,23 +230,11 @@ def _cmd_sample(args) -> None:
     out = pathlib.Path(args.out)
     kind = _output_kind(out)
     model = load_model(args.model, device=args.device)
-    options = {k: getattr(args, k) for k in _all_sampler_options() if getattr(args, k) is not None}
-    valid = sampler_options(args.sampler) if args.sampler in SAMPLERS else {}
-    for k in options:
-        if args.sampler in SAMPLERS and k not in valid:
-            raise ValueError(f"--{k.replace('_', '-')} does not apply to sampler {args.sampler!r}; "
-                             f"its options: {', '.join('--' + o for o in valid) or 'none'}")
+    options, steps = _sampling_plan(args, model)
     init = _read_init_noise(args.init_noise, model.shape) if args.init_noise else None
     num = args.num or (len(init) if init is not None else 16)
     if init is not None and len(init) != num:
         raise ValueError(f"--num {num} disagrees with --init-noise, which holds {len(init)} samples")
-    if args.steps is not None and args.nfe is not None:
-        raise ValueError("give --steps or --nfe, not both")
-    steps = args.steps
-    if args.nfe is not None:
-        steps = steps_for_nfe(args.sampler, args.nfe, model.schedule.T, **options)
-    elif steps is None:
-        steps = model.schedule.T if args.sampler == "ddpm" else 50
     seeds = list(range(args.seed, args.seed + num))
     bar = None
     if not args.quiet:
@@ -274,6 +284,47 @@ def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_ra
                 pic.save(tmp, format="PNG")
 
 
+# -- ddpmkit eval ----------------------------------------------------------------------------------
+def _cmd_eval(args) -> None:
+    import json
+
+    from .evaluate import generate, reference_for, score
+    from .files import write_text
+    from .models import load_model
+
+    out = pathlib.Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out} must name a .json file")
+    _output_kind(out.with_suffix(".npz"))  # the folder must be writable before any sampling is spent
+    model = load_model(args.model, device=args.device)
+    options, steps = _sampling_plan(args, model)
+    ref = reference_for(model, args.feature_net)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.num, unit="img", desc=f"{args.sampler} {steps} steps", dynamic_ncols=True)
+    levels, info = generate(model, sampler=args.sampler, steps=steps, spacing=args.spacing, options=options,
+                            num=args.num, seed=args.seed, levels=ref.levels, cache_dir=args.cache,
+                            batch_size=args.batch_size, device=args.device,
+                            progress=(lambda n: bar.update(n)) if bar else None)
+    if bar:
+        bar.close()
+    result = {"model": str(model.path), "step": model.config.get("step"), "sampler": args.sampler, "steps": steps,
+              "spacing": args.spacing, "options": options, "nfe": info["nfe"], "num": args.num, "seed": args.seed,
+              "seconds_per_image": info["seconds"] / args.num, **score(levels, ref),
+              "floor": ref.info["floor"], "reference": ref.info["reference"], "cached_samples": info["cached"]}
+    write_text(out, json.dumps(result, indent=1) + "\n")
+    fl = ref.info["floor"]
+    print(f"| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.sampler} | {info['nfe']} | {args.num} | {result['fid']:.3f} | {result['is']:.2f} | "
+          f"{result['kid']:.4f} | {result['precision']:.3f} | {result['recall']:.3f} | {result['seconds_per_image']:.4f} |")
+    print(f"| data floor ({ref.info['reference']}) | | {fl['n']} | {fl['fid']:.3f} | {fl['is']:.2f} | "
+          f"{fl['kid']:.4f} | {fl['precision']:.3f} | {fl['recall']:.3f} | |")
+    freq = " ".join(f"{100 * f:.1f}" for f in result["class_frequencies"])
+    print(f"class frequencies (%, by the feature network): {freq}\nwrote {out}")
+
+
 # -- ddpmkit moments -------------------------------------------------------------------------------
 def _cmd_moments(args) -> None:
     from .analytic import estimate_eps_moment
@@ -317,6 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "seed SEED + i and does not depend on the batch size.")
     _add_sample_options(s)
     s.set_defaults(func=_cmd_sample)
+
+    e = sub.add_parser("eval", formatter_class=FMT, help="FID, IS, KID, precision/recall of a sampler on a model",
+                       description="Sample a model (seeds SEED .. SEED+NUM-1, cached in chunks so an interrupted run "
+                       "resumes), quantise the samples to the data's grey levels, and measure them with the shipped "
+                       "feature network against its reference set; the data floor is printed beside them.")
+    _add_sampler_args(e, batch_size=250)
+    e.add_argument("--num", type=positive_int, default=10000, help="number of samples")
+    e.add_argument("--feature-net", default=None, help="shipped feature network (default: the model's dataset)")
+    e.add_argument("--cache", default=".ddpmkit-cache", help="folder for the cached sample chunks")
+    e.add_argument("--out", default="eval.json", help="JSON file for the results")
+    e.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser("moments", formatter_class=FMT, help="store Analytic-DPM's eps moments in a model file",
                        description="Estimate Gamma_t = E||eps_hat(x_t)||^2 / d (Bao et al. 2022) over training "

@@ -1,0 +1,120 @@
+"""Measuring a sampler on a trained model: samples -> quantised -> features -> metrics.
+
+Samples are generated in chunks of consecutive seeds and cached on disk (uint8 grey levels, one
+file per chunk, written atomically), so an interrupted evaluation resumes where it stopped and a
+repeated one costs nothing. Every report carries the data floor: the same metrics between two real
+sets of the same size, shipped with the feature network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from . import metrics
+from .feature_net import ASSETS, load_feature_net, predict
+from .files import atomic_path
+from .models import LoadedModel
+from .nets.classifier import FeatureClassifier
+from .sampling import sample
+
+FEATURE_NET_FOR = {"mnist": "mnist", "digits": "digits"}
+
+
+@dataclass
+class Reference:
+    net: FeatureClassifier
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray
+    levels: int
+    info: dict
+
+
+def load_reference(name: str) -> Reference:
+    """A shipped feature network with its reference set's statistics and features."""
+    net, card = load_feature_net(name)
+    with safe_open(str(ASSETS / f"{name}_stats.safetensors"), "pt") as f:
+        info = json.loads(f.metadata()["info"])
+        mu, sigma = f.get_tensor("mu").numpy(), f.get_tensor("sigma").numpy()
+        feats = f.get_tensor("features").double().numpy()
+    return Reference(net, mu, sigma, feats, int(info["levels"]), {**info, "card": card})
+
+
+def reference_for(model: LoadedModel, name: str | None = None) -> Reference:
+    dataset = model.config["data"].get("dataset")
+    name = name or FEATURE_NET_FOR.get(dataset)
+    if name is None:
+        raise ValueError(f"no shipped feature network for dataset {dataset!r}; give --feature-net "
+                         f"({', '.join(FEATURE_NET_FOR.values())})")
+    ref = load_reference(name)
+    cfg = ref.net.config()
+    if (cfg["in_channels"], cfg["image_size"], cfg["image_size"]) != tuple(model.shape):
+        raise ValueError(f"feature network {name!r} takes images of shape "
+                         f"{(cfg['in_channels'], cfg['image_size'], cfg['image_size'])}; the model makes {model.shape}")
+    return ref
+
+
+def cache_key(model: LoadedModel, sampler: str, steps: int, spacing: str, options: dict, levels: int) -> str:
+    """What decides the samples: the model file's bytes (size and mtime stand in), the sampler setup."""
+    stat = model.path.stat()
+    what = {"model": str(model.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+            "sampler": sampler, "steps": steps, "spacing": spacing, "options": options, "levels": levels}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, options: dict, num: int, seed: int,
+             levels: int, cache_dir: str | os.PathLike, chunk: int = 500, batch_size: int = 250, device="cpu",
+             progress=None) -> tuple[np.ndarray, dict]:
+    """Samples for seeds seed .. seed+num-1 as uint8 grey levels (0..levels), chunk by chunk, from
+    the cache where a chunk is there already. Returns (levels array, info with nfe and seconds)."""
+    folder = pathlib.Path(cache_dir) / cache_key(model, sampler, steps, spacing, options, levels)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts, seconds, nfe, cached = [], 0.0, None, 0
+    for first in range(seed, seed + num, chunk):
+        count = min(chunk, seed + num - first)
+        path = folder / f"seeds-{first:09d}-{count:05d}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as data:
+                part, secs, used = data["levels"], float(data["seconds"]), int(data["nfe"])
+            cached += count
+        else:
+            start = time.perf_counter()
+            x, info = sample(model.net, model.schedule, sampler=sampler, steps=steps, spacing=spacing,
+                             prediction=model.prediction, shape=(count, *model.shape),
+                             seeds=range(first, first + count), batch_size=batch_size, data_range=model.data_range,
+                             device=device, eps_moment=model.eps_moment, return_info=True, **options)
+            lo, hi = model.data_range
+            part = torch.round(((x.cpu().double() - lo) / (hi - lo)).clamp(0, 1) * levels).to(torch.uint8).numpy()
+            secs, used = time.perf_counter() - start, info["nfe"]
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, levels=part, seconds=secs, nfe=used)
+        parts.append(part)
+        seconds += secs
+        nfe = used
+        if progress is not None:
+            progress(count)
+    return np.concatenate(parts), {"nfe": nfe, "seconds": seconds, "cached": cached, "cache": str(folder)}
+
+
+def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10) -> dict:
+    """FID, IS, KID, precision/recall against the reference, and the class frequencies."""
+    x = torch.from_numpy(levels_array).float() / ref.levels * 2.0 - 1.0
+    feats, probs = predict(ref.net, x)
+    mu, sigma = metrics.feature_statistics(feats)
+    is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(x)))
+    kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
+    precision, recall = metrics.precision_recall(ref.features, feats)
+    freq = np.bincount(probs.argmax(1).numpy(), minlength=num_classes) / len(x)
+    return {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
+            "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
+            "class_frequencies": freq.tolist()}
