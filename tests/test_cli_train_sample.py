@@ -178,3 +178,40 @@ def test_generate_resumes_from_its_chunks(run_dir, tmp_path):
     chunks[1].unlink()  # as if interrupted while making the middle chunk
     again, info = generate(model, **kw)
     assert info["cached"] == 32 and np.array_equal(again, first)
+
+
+def test_bench_writes_every_output(run_dir, tmp_path):
+    import csv
+    import json
+
+    out = tmp_path / "bench"
+    r = ddpmkit("bench", "--model", run_dir, "--samplers", "ddim,ddpm:variance=large,unipc@logsnr:order=3,variant=bh1",
+                "--nfe", "3,5", "--num", 12, "--cache", tmp_path / "cache", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in out.iterdir()} == {"bench.md", "bench.csv", "bench.json", "fid.png", "samples.png",
+                                               "trajectories.png"}
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [
+        ("ddim", "3"), ("ddim", "5"), ("ddpm:variance=large", "3"), ("ddpm:variance=large", "5"),
+        ("unipc@logsnr:order=3,variant=bh1", "3"), ("unipc@logsnr:order=3,variant=bh1", "5")]
+    result = json.loads((out / "bench.json").read_text())
+    assert result["floor"]["fid"] > 0 and all(r["images_per_s"] > 0 for r in result["rows"])
+    assert "data floor" in (out / "bench.md").read_text()
+    for png in ("fid.png", "samples.png", "trajectories.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_specs_and_errors(run_dir, tmp_path, cli_error):
+    from ddpmkit.bench import PRESETS, parse_sampler
+    from ddpmkit.cli import split_specs
+
+    assert split_specs("ddim:eta=0.5,unipc:order=3,variant=bh1,ddpm") == ["ddim:eta=0.5", "unipc:order=3,variant=bh1", "ddpm"]
+    assert parse_sampler("unipc@logsnr:order=3,variant=bh1") == ("unipc@logsnr:order=3,variant=bh1", "unipc",
+                                                                 {"order": 3, "variant": "bh1"}, "logsnr")
+    assert PRESETS["ddim-table"]["nfe"] == [10, 20, 50, 100, 1000]
+    assert [parse_sampler(s)[2] for s in PRESETS["ddim-table"]["samplers"]][:4] == [{"eta": e} for e in (0, 0.2, 0.5, 1)]
+    base = ["bench", "--model", run_dir, "--out", tmp_path / "b", "--quiet"]
+    assert "is not KEY=VALUE with KEY one of: eta" in cli_error(*base, "--samplers", "ddim:beta=1")
+    assert "unknown sampler 'plms'" in cli_error(*base, "--samplers", "plms")
+    assert "unknown preset 'cifar'; valid: ddim-table" in cli_error(*base, "--preset", "cifar")
+    assert "is not a comma-separated list of integers" in cli_error(*base, "--nfe", "ten")

@@ -325,6 +325,60 @@ def _cmd_eval(args) -> None:
     print(f"class frequencies (%, by the feature network): {freq}\nwrote {out}")
 
 
+# -- ddpmkit bench ---------------------------------------------------------------------------------
+def split_specs(text: str) -> list[str]:
+    """'ddim:eta=0.5,unipc:order=3,variant=bh1,ddpm' -> ['ddim:eta=0.5', 'unipc:order=3,variant=bh1', 'ddpm']:
+    a KEY=VALUE item continues the sampler spec before it."""
+    specs: list[str] = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        if "=" in item and ":" not in item and specs:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
+
+
+def _cmd_bench(args) -> None:
+    from . import bench
+    from .evaluate import reference_for
+    from .models import load_model
+
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    _output_kind(out)
+    preset = bench.PRESETS.get(args.preset) if args.preset else None
+    if args.preset and preset is None:
+        raise ValueError(f"unknown preset {args.preset!r}; valid: {', '.join(bench.PRESETS)}")
+    specs = preset["samplers"] if preset else split_specs(args.samplers)
+    try:
+        nfes = preset["nfe"] if preset else [int(n) for n in args.nfe.split(",") if n.strip()]
+    except ValueError:
+        raise ValueError(f"--nfe {args.nfe!r} is not a comma-separated list of integers") from None
+    if not nfes or min(nfes) < 1:
+        raise ValueError(f"--nfe {args.nfe!r} must list integers >= 1")
+    for spec in specs:
+        bench.parse_sampler(spec)  # every spec is checked before any sampling is spent
+    model = load_model(args.model, device=args.device)
+    ref = reference_for(model, args.feature_net)
+    out.mkdir(exist_ok=True)
+    log = (lambda *a: None) if args.quiet else print
+    rows = bench.run(model, ref, specs, nfes, num=args.num, seed=args.seed, cache_dir=args.cache,
+                     batch_size=args.batch_size, device=args.device, log=log)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+    command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    header = (f"# Sampler benchmark\n\n`{command}` — model {model.path} (step {model.config.get('step')}), "
+              f"{args.num} samples per row from seeds {args.seed}.., metrics with the shipped "
+              f"'{ref.info['card'].get('data', '')}' feature network against {ref.info['reference']}; {machine}.")
+    bench.write_tables(rows, ref.info["floor"], out, header)
+    if rows:
+        bench.plot(rows, ref.info["floor"], out)
+        bench.sample_grids(model, rows, out, args.seed)
+    bench.trajectories(model, out, args.seed)
+    print(bench.markdown(rows, ref.info["floor"], "").strip())
+    print(f"wrote {out}/bench.md, bench.csv, bench.json, fid.png, samples.png, trajectories.png")
+
+
 # -- ddpmkit moments -------------------------------------------------------------------------------
 def _cmd_moments(args) -> None:
     from .analytic import estimate_eps_moment
@@ -379,6 +433,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache", default=".ddpmkit-cache", help="folder for the cached sample chunks")
     e.add_argument("--out", default="eval.json", help="JSON file for the results")
     e.set_defaults(func=_cmd_eval)
+
+    b = sub.add_parser("bench", formatter_class=FMT, help="every sampler x NFE on one model: metrics, time, plots",
+                       description="For every sampler and NFE: FID, IS, KID, precision, recall (with the data floor), "
+                       "NFE, seconds per image, images/s and peak memory, as markdown, CSV and JSON; plots of FID "
+                       "against NFE and wall time; a grid of the same seeds per sampler; DDPM vs DDIM trajectories. "
+                       "Sampler specs: NAME[@SPACING][:KEY=VALUE,...], e.g. ddim:eta=0.5 or dpmpp-2m@logsnr.")
+    b.add_argument("--model", required=True, help="a checkpoint file, or a training run's folder")
+    b.add_argument("--samplers", default="ddpm,ddim,dpmpp-2m@logsnr,unipc@logsnr", help="comma-separated sampler specs")
+    b.add_argument("--nfe", default="5,10,20,50,100,1000", help="comma-separated NFE budgets")
+    b.add_argument("--preset", default=None, help="ddim-table: eta 0, 0.2, 0.5, 1 and the large variance at 10-1000 "
+                   "steps (the DDIM paper's Table 1); replaces --samplers and --nfe")
+    b.add_argument("--num", type=positive_int, default=2000, help="samples per sampler and NFE")
+    b.add_argument("--seed", type=nonneg_int, default=0, help="sample i uses seed SEED + i")
+    b.add_argument("--batch-size", type=positive_int, default=250, help="samples per network call")
+    b.add_argument("--feature-net", default=None, help="shipped feature network (default: the model's dataset)")
+    b.add_argument("--cache", default=".ddpmkit-cache", help="folder for the cached sample chunks")
+    b.add_argument("--out", default="bench", help="folder for the results")
+    b.add_argument("--device", default="cpu", help="torch device")
+    b.add_argument("--quiet", action="store_true", help="print only the final table")
+    b.set_defaults(func=_cmd_bench)
 
     m = sub.add_parser("moments", formatter_class=FMT, help="store Analytic-DPM's eps moments in a model file",
                        description="Estimate Gamma_t = E||eps_hat(x_t)||^2 / d (Bao et al. 2022) over training "

@@ -92,8 +92,7 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
                              prediction=model.prediction, shape=(count, *model.shape),
                              seeds=range(first, first + count), batch_size=batch_size, data_range=model.data_range,
                              device=device, eps_moment=model.eps_moment, return_info=True, **options)
-            lo, hi = model.data_range
-            part = torch.round(((x.cpu().double() - lo) / (hi - lo)).clamp(0, 1) * levels).to(torch.uint8).numpy()
+            part = to_levels(x, levels, model.data_range)
             secs, used = time.perf_counter() - start, info["nfe"]
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
@@ -118,3 +117,16 @@ def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10) -> di
     return {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
             "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
             "class_frequencies": freq.tolist()}
+
+
+def score_samples(x: torch.Tensor, reference: str = "mnist", data_range=(-1.0, 1.0)) -> dict:
+    """All metrics for an array of samples (N, C, H, W) in ``data_range``: quantised to the
+    reference data's grey levels, then ``score`` against the shipped reference ``mnist`` or ``digits``."""
+    ref = load_reference(reference)
+    return score(to_levels(torch.as_tensor(x), ref.levels, data_range), ref)
+
+
+def to_levels(x: torch.Tensor, levels: int, data_range=(-1.0, 1.0)) -> np.ndarray:
+    """Samples -> uint8 grey-level indices 0..levels, rounded as real images are stored."""
+    lo, hi = data_range
+    return torch.round(((x.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1) * levels).to(torch.uint8).numpy()

@@ -1,0 +1,166 @@
+"""``ddpmkit bench``: every sampler at every NFE on one model, measured alike.
+
+For each (sampler, NFE): FID, IS, KID, precision, recall (``evaluate.score`` against the shipped
+reference, with the data floor), the NFE actually spent, seconds per image, images/s and the
+process's peak memory; written as markdown, CSV and JSON, with plots of FID against NFE and
+against wall time, a grid of the same seeds per sampler, and a trajectory figure (x_t and x0_hat
+along the steps) for DDPM against DDIM.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+import resource
+import sys
+
+import torch
+
+from .evaluate import Reference, generate, score
+from .files import atomic_path, write_text
+from .images import grid_scale, labelled_grid, save_image
+from .models import LoadedModel
+from .samplers import sampler_options, steps_for_nfe
+from .sampling import sample
+
+PRESETS = {
+    # the shape of the DDIM paper's Table 1: eta in {0, 0.2, 0.5, 1} and DDPM's large variance
+    "ddim-table": {"samplers": ["ddim:eta=0.0", "ddim:eta=0.2", "ddim:eta=0.5", "ddim:eta=1.0", "ddpm:variance=large"],
+                   "nfe": [10, 20, 50, 100, 1000]},
+}
+
+
+def parse_sampler(spec: str) -> tuple[str, str, dict, str]:
+    """``name[@spacing][:key=value,...]`` -> (label, name, options, spacing). Values are parsed
+    as the option's default type."""
+    head, _, opts = spec.partition(":")
+    name, _, spacing = head.partition("@")
+    valid = sampler_options(name)
+    options = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in valid:
+            raise ValueError(f"sampler spec {spec!r}: {item!r} is not KEY=VALUE with KEY one of: {', '.join(valid)}")
+        default = valid[key]
+        options[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+    return spec, name, options, spacing or "trailing"
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def run(model: LoadedModel, ref: Reference, specs: list[str], nfes: list[int], *, num: int, seed: int,
+        cache_dir, batch_size: int = 250, device="cpu", log=print) -> list[dict]:
+    rows = []
+    for spec in specs:
+        label, name, options, spacing = parse_sampler(spec)
+        for budget in nfes:
+            try:
+                steps = steps_for_nfe(name, budget, model.schedule.T, **options)
+            except ValueError:
+                log(f"  {label}: cannot fit into {budget} NFE, skipped")
+                continue
+            levels, info = generate(model, sampler=name, steps=steps, spacing=spacing, options=options, num=num,
+                                    seed=seed, levels=ref.levels, cache_dir=cache_dir, batch_size=batch_size,
+                                    device=device)
+            if device != "cpu" and torch.cuda.is_available():
+                peak = torch.cuda.max_memory_allocated() / 2**20
+            else:
+                peak = peak_rss_mb()
+            row = {"sampler": label, "spacing": spacing, "nfe_budget": budget, "steps": steps, "nfe": info["nfe"],
+                   "num": num, "seconds_per_image": info["seconds"] / num,
+                   "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
+                   "peak_memory_mb": peak, **score(levels, ref)}
+            rows.append(row)
+            log(f"  {label:<24} NFE {row['nfe']:>4}  FID {row['fid']:.3f}  IS {row['is']:.2f}  "
+                f"{row['seconds_per_image']:.4f} s/img")
+    return rows
+
+
+COLUMNS = ["sampler", "spacing", "nfe", "fid", "is", "kid", "precision", "recall", "seconds_per_image", "images_per_s",
+           "peak_memory_mb"]
+
+
+def markdown(rows: list[dict], floor: dict, header: str) -> str:
+    lines = [header, "", "| sampler | grid | NFE | FID | IS | KID | precision | recall | s/image | images/s | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "—"
+        lines.append(f"| {r['sampler']} | {r['spacing']} | {r['nfe']} | {r['fid']:.3f} | {r['is']:.2f} | "
+                     f"{r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_image']:.4f} | "
+                     f"{ips} | {r['peak_memory_mb']:.0f} |")
+    lines.append(f"| data floor ({floor['n']} real vs reference) | | | {floor['fid']:.3f} | {floor['is']:.2f} | "
+                 f"{floor['kid']:.4f} | {floor['precision']:.3f} | {floor['recall']:.3f} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: list[dict], floor: dict, out: pathlib.Path, header: str) -> None:
+    write_text(out / "bench.md", markdown(rows, floor, header))
+    write_text(out / "bench.json", json.dumps({"rows": rows, "floor": floor}, indent=1) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "bench.csv", buf.getvalue())
+
+
+def plot(rows: list[dict], floor: dict, out: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label in dict.fromkeys(r["sampler"] for r in rows):
+        mine = [r for r in rows if r["sampler"] == label]
+        axes[0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], "o-", label=label)
+        axes[1].plot([r["seconds_per_image"] for r in mine], [r["fid"] for r in mine], "o-", label=label)
+    for ax, xlabel in zip(axes, ("network evaluations (NFE)", "seconds per image")):
+        ax.axhline(floor["fid"], color="grey", ls="--", lw=1, label="data floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("FID (shipped feature network)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out / "fid.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def sample_grids(model: LoadedModel, rows: list[dict], out: pathlib.Path, seed: int, show: int = 16) -> None:
+    """For every sampler at its largest NFE, the same ``show`` seeds side by side in one figure."""
+    best = {}
+    for r in rows:
+        best[r["sampler"]] = r
+    images, labels = [], []
+    for label, r in best.items():
+        _, name, options, spacing = parse_sampler(label)
+        x = sample(model.net, model.schedule, sampler=name, steps=r["steps"], spacing=spacing,
+                   prediction=model.prediction, shape=(show, *model.shape), seeds=range(seed, seed + show),
+                   data_range=model.data_range, eps_moment=model.eps_moment, **options)
+        images.append(x)
+        labels.append(f"{label} ({r['nfe']})")
+    save_image(labelled_grid(images, labels, scale=grid_scale(model.shape[1]), data_range=model.data_range),
+               out / "samples.png")
+
+
+def trajectories(model: LoadedModel, out: pathlib.Path, seed: int, frames: int = 10) -> None:
+    """x_t and x0_hat along the steps of one seed: DDPM (1000 steps) against DDIM (50 steps)."""
+    rows, labels = [], []
+    for name, steps in (("ddpm", model.schedule.T), ("ddim", 50)):
+        xs, x0s = [], []
+        keep = set(torch.linspace(0, steps - 1, frames).round().long().tolist())
+        sample(model.net, model.schedule, sampler=name, steps=steps, prediction=model.prediction,
+               shape=(1, *model.shape), seeds=[seed], data_range=model.data_range,
+               callback=lambda i, t, x, x0: (xs.append(x[0]), x0s.append(x0[0])) if i in keep else None)
+        rows += [torch.stack(xs), torch.stack(x0s)]
+        labels += [f"{name} {steps}: x_t", f"{name} {steps}: x0_hat"]
+    save_image(labelled_grid(rows, labels, scale=grid_scale(model.shape[1]), data_range=model.data_range),
+               out / "trajectories.png")
