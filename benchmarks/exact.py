@@ -10,33 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import sys
 import time
 
 import torch
 
-import ddpmkit
 from ddpmkit import NoiseSchedule
 from ddpmkit.analytic import estimate_eps_moment
 from ddpmkit.data import load_dataset
 from ddpmkit.exact_benchmark import image_mixture, run
 from ddpmkit.files import write_text
+from ddpmkit.machine import describe_machine
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, ddpmkit {ddpmkit.__version__}")
 
 
 def markdown(result: dict, command: str) -> str:
@@ -119,7 +105,7 @@ def main(argv=None) -> int:
                                  num_timesteps=50)
     result = run(gm, schedule, nfes=[int(n) for n in args.nfe.split(",")], num=args.num, eps_moment=moment,
                  reference_steps=args.reference_steps)
-    result.update(seconds=time.perf_counter() - start, machine=machine(), data=name, reference_steps=args.reference_steps)
+    result.update(seconds=time.perf_counter() - start, machine=describe_machine(), data=name, reference_steps=args.reference_steps)
     command = "python benchmarks/exact.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def ddpm_stepper(variance):
         if ref is not None:
             # diffusers draws its noise with randn_tensor(generator=...): same stream as z
             return ref.step(out, t, x, generator=torch.Generator().manual_seed(1000 + i)).prev_sample
-        (eps, x0), (abar_t, abar_s) = out, t
+        (_, x0), (abar_t, abar_s) = out, t
         return ddpm_step(x, x0, abar_t, abar_s, variance, z)[0]
 
     return step

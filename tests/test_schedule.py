@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmkit.schedule import NoiseSchedule, check_grid, make_grid, rescale_zero_terminal_snr
+from ddpmkit.schedule import NoiseSchedule, check_grid, make_grid
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import sys
 import time
 
@@ -23,6 +22,7 @@ from ddpmkit import metrics
 from ddpmkit.data import load_dataset
 from ddpmkit.feature_net import ASSETS, accuracy, predict, save_feature_net, train_classifier
 from ddpmkit.files import atomic_path, write_text
+from ddpmkit.machine import describe_machine
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,43 +56,41 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = describe_machine()
     command = "python tools/train_feature_nets.py " + " ".join(sys.argv[1:] if argv is None else argv)
     cards = {}
 
-    # MNIST: train on the 60k training images, test on the 10k test images (the reference set)
-    train, test = load_dataset("mnist", args.data_dir), load_dataset("mnist", args.data_dir, split="test")
-    start = time.perf_counter()
-    net = train_classifier(train.to_float(), train.labels, epochs=args.epochs, seed=args.seed)
-    seconds = time.perf_counter() - start
-    acc = accuracy(net, test.to_float(), test.labels)
-    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: len(test)]
-    fl = floor(net, test.to_float(), train.batch(subset))
-    card = {"data": "MNIST train (60000) / test (10000)", "test_accuracy": acc, "epochs": args.epochs,
-            "train_seconds": round(seconds, 1), "machine": machine, "command": command, "floor": fl}
-    save_feature_net(net, ASSETS / "mnist_classifier.safetensors", card)
-    save_stats(net, test.to_float(), ASSETS / "mnist_stats.safetensors",
-               {"reference": "MNIST test set, 10000 images", "levels": 255, "floor": fl})
-    cards["mnist"] = card
-    print(f"mnist: test accuracy {acc:.4f}, {seconds:.0f} s; floor {fl}")
+    def ship(name, train_images, train_labels, held_images, held_labels, data, epochs, batch_size,
+             floor_sets, reference, reference_text, levels):
+        """Train one network, measure it, and write its weights, statistics and card."""
+        start = time.perf_counter()
+        net = train_classifier(train_images, train_labels, epochs=epochs, batch_size=batch_size, seed=args.seed)
+        seconds = time.perf_counter() - start
+        acc = accuracy(net, held_images, held_labels)
+        fl = floor(net, *floor_sets)
+        card = {"data": data, "test_accuracy": acc, "epochs": epochs, "train_seconds": round(seconds, 1),
+                "machine": machine, "command": command, "floor": fl}
+        save_feature_net(net, ASSETS / f"{name}_classifier.safetensors", card)
+        save_stats(net, reference, ASSETS / f"{name}_stats.safetensors",
+                   {"reference": reference_text, "levels": levels, "floor": fl})
+        cards[name] = card
+        print(f"{name}: held-out accuracy {acc:.4f}, {seconds:.0f} s; floor {fl}")
 
-    # digits: 1797 images; train on a seeded 1500, report accuracy on the other 297; statistics of all
+    # MNIST: train on the 60k training images, test on the 10k test images (the reference set); the
+    # floor compares a seeded 10k training subset with the test set
+    train, test = load_dataset("mnist", args.data_dir), load_dataset("mnist", args.data_dir, split="test")
+    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: len(test)]
+    ship("mnist", train.to_float(), train.labels, test.to_float(), test.labels, "MNIST train (60000) / test (10000)",
+         args.epochs, 128, (test.to_float(), train.batch(subset)), test.to_float(), "MNIST test set, 10000 images", 255)
+
+    # digits: 1797 images; train on a seeded 1500, report accuracy on the other 297; the floor
+    # compares two halves; statistics of all
     digits = load_dataset("digits")
     perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(args.seed))
-    tr, te = perm[:1500], perm[1500:]
-    start = time.perf_counter()
-    net = train_classifier(digits.batch(tr), digits.labels[tr], epochs=30, batch_size=64, seed=args.seed)
-    seconds = time.perf_counter() - start
-    acc = accuracy(net, digits.batch(te), digits.labels[te])
-    half = len(digits) // 2
-    fl = floor(net, digits.batch(perm[:half]), digits.batch(perm[half : 2 * half]))
-    card = {"data": "scikit-learn digits, 1500 train / 297 held out", "test_accuracy": acc, "epochs": 30,
-            "train_seconds": round(seconds, 1), "machine": machine, "command": command, "floor": fl}
-    save_feature_net(net, ASSETS / "digits_classifier.safetensors", card)
-    save_stats(net, digits.to_float(), ASSETS / "digits_stats.safetensors",
-               {"reference": "all 1797 digits", "levels": 16, "floor": fl})
-    cards["digits"] = card
-    print(f"digits: held-out accuracy {acc:.4f}, {seconds:.0f} s; floor {fl}")
+    tr, te, half = perm[:1500], perm[1500:], len(digits) // 2
+    ship("digits", digits.batch(tr), digits.labels[tr], digits.batch(te), digits.labels[te],
+         "scikit-learn digits, 1500 train / 297 held out", 30, 64,
+         (digits.batch(perm[:half]), digits.batch(perm[half : 2 * half])), digits.to_float(), "all 1797 digits", 16)
 
     lines = ["# Shipped feature networks\n",
              "Small CNN classifiers (`ddpmkit.nets.classifier.FeatureClassifier`: two conv blocks, a 128-d "

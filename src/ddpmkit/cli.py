@@ -6,13 +6,13 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import platform
 import shlex
 import sys
 
 import torch
 
 from . import __version__
+from .machine import describe_machine
 from .samplers import SAMPLERS, describe, sampler_options, steps_for_nfe
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
@@ -64,9 +64,8 @@ def _cmd_demo(args) -> None:
     if not args.quiet:
         print(f"Sampling the exact denoiser of the 8x8 digits, {args.num} samples per sampler:")
     results = run_demo(str(out), num=args.num, quiet=args.quiet)
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     table = markdown_table(results, args.num)
-    text = (f"Made by `ddpmkit demo --out {out} --num {args.num}` (ddpmkit {__version__}; {machine}).\n\n"
+    text = (f"Made by `ddpmkit demo --out {out} --num {args.num}` on {describe_machine()}.\n\n"
             f"{table}\n")
     write_text(out.with_suffix(".md"), text)
     print(table)
@@ -187,6 +186,12 @@ def _sampling_plan(args, model) -> tuple[dict, int]:
     if args.steps is not None:
         return options, args.steps
     return options, model.schedule.T if args.sampler == "ddpm" else 50
+
+
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    """Where eval and bench take their feature network and keep their sample chunks."""
+    p.add_argument("--feature-net", default=None, help="shipped feature network (default: the model's dataset)")
+    p.add_argument("--cache", default=".ddpmkit-cache", help="folder for the cached sample chunks")
 
 
 def _add_sample_options(p: argparse.ArgumentParser) -> None:
@@ -316,7 +321,7 @@ def _cmd_eval(args) -> None:
               "floor": ref.info["floor"], "reference": ref.info["reference"], "cached_samples": info["cached"]}
     write_text(out, json.dumps(result, indent=1) + "\n")
     fl = ref.info["floor"]
-    print(f"| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
+    print("| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.sampler} | {info['nfe']} | {args.num} | {result['fid']:.3f} | {result['is']:.2f} | "
           f"{result['kid']:.4f} | {result['precision']:.3f} | {result['recall']:.3f} | {result['seconds_per_image']:.4f} |")
     print(f"| data floor ({ref.info['reference']}) | | {fl['n']} | {fl['fid']:.3f} | {fl['is']:.2f} | "
@@ -365,7 +370,7 @@ def _cmd_bench(args) -> None:
     log = (lambda *a: None) if args.quiet else print
     rows = bench.run(model, ref, specs, nfes, num=args.num, seed=args.seed, cache_dir=args.cache,
                      batch_size=args.batch_size, device=args.device, log=log)
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+    machine = describe_machine(args.device)
     command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     header = (f"# Sampler benchmark\n\n`{command}` — model {model.path} (step {model.config.get('step')}), "
               f"{args.num} samples per row from seeds {args.seed}.., metrics with the shipped "
@@ -429,8 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "feature network against its reference set; the data floor is printed beside them.")
     _add_sampler_args(e, batch_size=250)
     e.add_argument("--num", type=positive_int, default=10000, help="number of samples")
-    e.add_argument("--feature-net", default=None, help="shipped feature network (default: the model's dataset)")
-    e.add_argument("--cache", default=".ddpmkit-cache", help="folder for the cached sample chunks")
+    _add_measure_args(e)
     e.add_argument("--out", default="eval.json", help="JSON file for the results")
     e.set_defaults(func=_cmd_eval)
 
@@ -447,8 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num", type=positive_int, default=2000, help="samples per sampler and NFE")
     b.add_argument("--seed", type=nonneg_int, default=0, help="sample i uses seed SEED + i")
     b.add_argument("--batch-size", type=positive_int, default=250, help="samples per network call")
-    b.add_argument("--feature-net", default=None, help="shipped feature network (default: the model's dataset)")
-    b.add_argument("--cache", default=".ddpmkit-cache", help="folder for the cached sample chunks")
+    _add_measure_args(b)
     b.add_argument("--out", default="bench", help="folder for the results")
     b.add_argument("--device", default="cpu", help="torch device")
     b.add_argument("--quiet", action="store_true", help="print only the final table")

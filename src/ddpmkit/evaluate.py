@@ -22,6 +22,7 @@ from safetensors import safe_open
 from . import metrics
 from .feature_net import ASSETS, load_feature_net, predict
 from .files import atomic_path
+from .images import to_levels
 from .models import LoadedModel
 from .nets.classifier import FeatureClassifier
 from .sampling import sample
@@ -125,8 +126,3 @@ def score_samples(x: torch.Tensor, reference: str = "mnist", data_range=(-1.0, 1
     ref = load_reference(reference)
     return score(to_levels(torch.as_tensor(x), ref.levels, data_range), ref)
 
-
-def to_levels(x: torch.Tensor, levels: int, data_range=(-1.0, 1.0)) -> np.ndarray:
-    """Samples -> uint8 grey-level indices 0..levels, rounded as real images are stored."""
-    lo, hi = data_range
-    return torch.round(((x.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1) * levels).to(torch.uint8).numpy()

@@ -138,7 +138,6 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
         eps_moment=None, reference_steps: int = 2000, include_diffusers: bool = True, log=print) -> dict:
     """Every sampler of ``OURS`` (and ``DIFFUSERS``) at every NFE; returns rows plus the floor."""
     model = gm.model(schedule, "eps")
-    shape = (num, *gm.shape)
     x_T = SeededNoise(range(num), gm.shape, dtype=torch.float64)()
     start = time.perf_counter()
     reference = sample(model, schedule, sampler="heun", steps=reference_steps, spacing="karras", init_noise=x_T,

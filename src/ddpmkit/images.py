@@ -12,11 +12,17 @@ from PIL import Image, ImageDraw
 from .files import atomic_path
 
 
-def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> np.ndarray:
-    """(N, C, H, W) samples in ``data_range`` to (N, H, W, C) uint8, rounding to the nearest level."""
+def to_levels(x: torch.Tensor, levels: int = 255, data_range=(-1.0, 1.0)) -> np.ndarray:
+    """Samples in ``data_range`` -> uint8 grey-level indices 0..levels (same shape), rounded to the
+    nearest level as real images are stored."""
     lo, hi = data_range
     u = (x.detach().to(torch.float64).cpu().clamp(lo, hi) - lo) / (hi - lo)
-    return (u * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return (u * levels).round().to(torch.uint8).numpy()
+
+
+def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> np.ndarray:
+    """(N, C, H, W) samples in ``data_range`` to (N, H, W, C) uint8 pixels."""
+    return to_levels(x, 255, data_range).transpose(0, 2, 3, 1)
 
 
 def labelled_grid(rows: Sequence[torch.Tensor], labels: Sequence[str], *, scale: int = 4, pad: int = 2,
