@@ -9,6 +9,7 @@ and a data-parallel version only has to give each rank its slice of the same bat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -80,15 +81,20 @@ def step_seed(seed: int, step: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_permutation(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, "epoch")))
+    if n < batch_size:  # tiny data: sample with repetition from the permutation
+        perm = perm.repeat(math.ceil(batch_size / n))
+    return perm
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """Indices of the batch at ``step`` (1-based): epochs are seeded permutations, the last
     incomplete batch of an epoch is dropped."""
     per_epoch = max(n // batch_size, 1)
     epoch, i = divmod(step - 1, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, "epoch")))
-    if n < batch_size:  # tiny data: sample with repetition from the permutation
-        perm = perm.repeat(math.ceil(batch_size / n))
-    return perm[i * batch_size : (i + 1) * batch_size]
+    return epoch_permutation(n, batch_size, seed, epoch)[i * batch_size : (i + 1) * batch_size]
 
 
 def snr_weight(abar: torch.Tensor, prediction: str, gamma: float | None) -> torch.Tensor:
@@ -225,7 +231,9 @@ class Trainer:
             write_text(log, "".join(ln + "\n" for ln in keep))
 
     # -- the loop ------------------------------------------------------------------------------
-    def train_step(self, step: int) -> tuple[float, float]:
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step; returns (loss, gradient norm) as tensors, so that a GPU is not made
+        to wait for them every step."""
         cfg = self.cfg
         idx = batch_indices(len(self.data), cfg.batch_size, cfg.seed, step)
         x0 = self.data.batch(idx).to(self.device)
@@ -244,11 +252,10 @@ class Trainer:
         self.opt.step()
         with torch.no_grad():
             d = ema_decay_at(cfg.ema_decay, step)
-            for e, p in zip(self.ema.parameters(), self.net.parameters()):
-                e.lerp_(p, 1 - d)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - d)
             for e, b in zip(self.ema.buffers(), self.net.buffers()):
                 e.copy_(b)
-        return loss.item(), grad_norm.item()
+        return loss.detach(), grad_norm.detach()
 
     def sample_grid(self, path, n: int = 64) -> None:
         x = sample(self.ema, self.schedule, sampler="ddim", steps=50, prediction=self.cfg.prediction,
@@ -272,13 +279,17 @@ class Trainer:
                 loss, gnorm = self.train_step(self.step + 1)
                 self.step += 1
                 consistent = True
-                self.wall += time.perf_counter() - start
                 window.append(loss)
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                logging = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                if logging:
+                    mean_loss = torch.stack(window).mean().item()  # the one device sync per log line
+                # training time only (no grids, no saves); exact at log lines, where the device has caught up
+                self.wall += time.perf_counter() - start
+                if logging:
                     elapsed = time.perf_counter() - window_start
                     rate = len(window) * cfg.batch_size / elapsed
-                    record = {"step": self.step, "loss": sum(window) / len(window), "grad_norm": gnorm,
+                    record = {"step": self.step, "loss": mean_loss, "grad_norm": gnorm.item(),
                               "lr": lr_at(cfg, self.step), "images_per_s": rate, "wall_time_s": round(self.wall, 2)}
                     with open(self.out / LOG, "a") as f:
                         f.write(json.dumps(record) + "\n")
