@@ -92,6 +92,8 @@ TRAIN_HELP = {
     "grad_clip": "clip the gradient norm to this",
     "ema_decay": "EMA decay of the weights used for sampling",
     "min_snr_gamma": "min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; off when not given",
+    "init_from": "start from this model's EMA weights (same network; a warm start with a fresh optimiser)",
+    "precision": "fp32, or bf16 (autocast of the network; for GPUs from Ampere on)",
     "seed": "seed of the data order, timesteps, noise, dropout and initial weights",
     "checkpoint_every": "write the checkpoint every this many steps",
     "sample_every": "write a sample grid every this many steps",
@@ -99,13 +101,46 @@ TRAIN_HELP = {
 }
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+DISTILL_HELP = {
+    "teacher": "the DDPM to distil: a shipped model name (mnist) or a model file / run folder",
+    "method": "cd (consistency distillation, Algorithm 2) or ct (consistency training, Algorithm 3 with iCT)",
+    "data_dir": TRAIN_HELP["data_dir"],
+    "download": TRAIN_HELP["download"],
+    "steps": TRAIN_HELP["steps"],
+    "batch_size": TRAIN_HELP["batch_size"],
+    "lr": TRAIN_HELP["lr"],
+    "warmup": TRAIN_HELP["warmup"],
+    "weight_decay": TRAIN_HELP["weight_decay"],
+    "grad_clip": TRAIN_HELP["grad_clip"],
+    "ema_decay": TRAIN_HELP["ema_decay"],
+    "target_decay": "EMA rate mu of the target network theta- (default: 0.95 for cd, 0 for ct)",
+    "num_scales": "N, the points of the Karras grid for cd",
+    "ct_s0": "iCT curriculum: initial number of intervals for ct",
+    "ct_s1": "iCT curriculum: final number of intervals for ct",
+    "ct_total": "iCT curriculum: the steps K it spans (default: --steps of the run's start)",
+    "solver": "the teacher's ODE step for cd: heun (2 NFE) or ddim (Euler, 1 NFE)",
+    "loss": "huber (pseudo-Huber, iCT) or l2",
+    "sigma_data": "sigma_data of the boundary parameterisation c_skip",
+    "init": "ct only: start from the teacher's weights (teacher) or from fresh ones (scratch)",
+    "precision": "fp32, or bf16 (autocast of the student, target and teacher)",
+    "x0_head": "give the student a direct x0 output, blended in at high noise (better one-step samples from an "
+               "eps teacher)",
+    "seed": "seed of the data order, noise levels, noise and dropout",
+    "checkpoint_every": TRAIN_HELP["checkpoint_every"],
+    "sample_every": TRAIN_HELP["sample_every"],
+    "log_every": TRAIN_HELP["log_every"],
+}
+
+
+def _add_train_options(p: argparse.ArgumentParser, config=None, helps=None) -> None:
+    """One flag per field of the run's config dataclass (TrainConfig or DistillConfig)."""
     from .train import TrainConfig
 
-    for f in dataclasses.fields(TrainConfig):
+    config, helps = config or TrainConfig, helps or TRAIN_HELP
+    for f in dataclasses.fields(config):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        helptext = TRAIN_HELP[f.name] + ("" if default is None else f" (default: {default})")
+        helptext = helps[f.name] + ("" if default is None else f" (default: {default})")
         # SUPPRESS: only options the user gives reach the trainer, so --resume can tell them apart
         if isinstance(default, bool):
             p.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=helptext)
@@ -113,20 +148,30 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             kind = {int: positive_int, float: float}.get(type(default), str)
             if f.name in ("warmup", "seed"):
                 kind = nonneg_int
-            elif f.name == "min_snr_gamma":
+            elif f.name in ("min_snr_gamma", "target_decay"):
                 kind = float
-            elif f.name == "image_size":
+            elif f.name in ("image_size", "ct_total"):
                 kind = positive_int
             p.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=helptext)
 
 
 def _cmd_train(args) -> None:
-    from .train import TrainConfig, Trainer
+    from .train import Trainer
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    _run_trainer(Trainer, args)
+
+
+def _cmd_distill(args) -> None:
+    from .distill import Distiller
+
+    _run_trainer(Distiller, args)
+
+
+def _run_trainer(kind, args) -> None:
+    names = {f.name for f in dataclasses.fields(kind.Config)}
     options = {k: v for k, v in vars(args).items() if k in names}
     command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
-    trainer = Trainer(args.out, options, resume=args.resume, device=args.device, quiet=args.quiet, command=command)
+    trainer = kind(args.out, options, resume=args.resume, device=args.device, quiet=args.quiet, command=command)
     if not args.quiet:
         from .nets import count_parameters
 
@@ -149,10 +194,12 @@ def _all_sampler_options() -> dict[str, dict[str, object]]:
 
 def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     """The options that choose a model and how to sample it (shared by sample and eval)."""
-    p.add_argument("--model", required=True, help="a checkpoint file, or a training run's folder")
+    p.add_argument("--model", default="mnist", help="a shipped model (mnist, mnist-cm), a checkpoint file, or a training run's folder")
     p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="sampling steps (default: all T for ddpm, 50 for the others)")
+                   help="sampling steps (default: all T for ddpm, 1 for cm, 50 for the others)")
+    p.add_argument("--timesteps", type=timestep_list, default=None,
+                   help="an explicit descending grid instead of --steps, e.g. 999,500 (fractional allowed)")
     p.add_argument("--nfe", type=positive_int, default=None,
                    help="a budget of network evaluations instead of --steps: the most steps that fit it")
     p.add_argument("--spacing", default="trailing", help="step grid: leading, trailing, linspace, karras or logsnr")
@@ -171,21 +218,38 @@ def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def timestep_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of timesteps")
+    return values
+
+
 def _sampling_plan(args, model) -> tuple[dict, int]:
-    """(sampler options given on the command line, steps) after checking them against the sampler."""
+    """(sampler options given on the command line, steps) after checking them against the sampler;
+    with --timesteps, steps is the grid's length and ``args.grid`` holds the checked grid."""
     options = {k: getattr(args, k) for k in _all_sampler_options() if getattr(args, k) is not None}
     valid = sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
     for k in options:
         if k not in valid:
             raise ValueError(f"--{k.replace('_', '-')} does not apply to sampler {args.sampler!r}; "
                              f"its options: {', '.join('--' + o for o in valid) or 'none'}")
-    if args.steps is not None and args.nfe is not None:
-        raise ValueError("give --steps or --nfe, not both")
+    if sum(v is not None for v in (args.steps, args.nfe, args.timesteps)) > 1:
+        raise ValueError("give only one of --steps, --nfe and --timesteps")
+    args.grid = None
+    if args.timesteps is not None:
+        from .schedule import check_grid
+
+        args.grid = [float(t) for t in check_grid(args.timesteps, model.schedule.T)]
+        return options, len(args.grid)
     if args.nfe is not None:
         return options, steps_for_nfe(args.sampler, args.nfe, model.schedule.T, **options)
     if args.steps is not None:
         return options, args.steps
-    return options, model.schedule.T if args.sampler == "ddpm" else 50
+    return options, {"ddpm": model.schedule.T, "cm": 1}.get(args.sampler, 50)
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
@@ -249,7 +313,8 @@ def _cmd_sample(args) -> None:
         bar = tqdm(total=batches * steps, unit="step", desc=f"{args.sampler} {steps} steps", dynamic_ncols=True)
     from .sampling import sample
 
-    x, info = sample(model.net, model.schedule, sampler=args.sampler, steps=steps, spacing=args.spacing,
+    x, info = sample(model.net, model.schedule, sampler=args.sampler, steps=None if args.grid else steps,
+               timesteps=args.grid, spacing=args.spacing,
                prediction=model.prediction, shape=(num, *model.shape), seeds=seeds, init_noise=init,
                batch_size=args.batch_size, data_range=model.data_range, device=args.device,
                callback=(lambda *a: bar.update(1)) if bar else None,
@@ -310,13 +375,14 @@ def _cmd_eval(args) -> None:
 
         bar = tqdm(total=args.num, unit="img", desc=f"{args.sampler} {steps} steps", dynamic_ncols=True)
     levels, info = generate(model, sampler=args.sampler, steps=steps, spacing=args.spacing, options=options,
+                            timesteps=args.grid,
                             num=args.num, seed=args.seed, levels=ref.levels, cache_dir=args.cache,
                             batch_size=args.batch_size, device=args.device,
                             progress=(lambda n: bar.update(n)) if bar else None)
     if bar:
         bar.close()
     result = {"model": str(model.path), "step": model.config.get("step"), "sampler": args.sampler, "steps": steps,
-              "spacing": args.spacing, "options": options, "nfe": info["nfe"], "num": args.num, "seed": args.seed,
+              "spacing": args.spacing, "timesteps": args.grid, "options": options, "nfe": info["nfe"], "num": args.num, "seed": args.seed,
               "seconds_per_image": info["seconds"] / args.num, **score(levels, ref),
               "floor": ref.info["floor"], "reference": ref.info["reference"], "cached_samples": info["cached"]}
     write_text(out, json.dumps(result, indent=1) + "\n")
@@ -406,6 +472,13 @@ def _cmd_moments(args) -> None:
 
 
 # -- the parser ------------------------------------------------------------------------------------
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddpmkit", description="Diffusion models built around sampling.", formatter_class=FMT)
     p.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
@@ -415,12 +488,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a U-Net noise predictor (Ho et al. 2020, Algorithm 1). The run folder gets "
                        "checkpoint.safetensors (for --resume), model.safetensors (EMA weights for sampling), log.jsonl "
                        "and samples/ (DDIM-50 grids).")
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_args(t)
     _add_train_options(t)
     t.set_defaults(func=_cmd_train)
+
+    from .distill import DistillConfig
+
+    dt = sub.add_parser("distill", help="distil a DDPM into a consistency model (or train one without a teacher)",
+                        description="Consistency distillation (Song et al. 2023, Algorithm 2) of a trained DDPM, or "
+                        "consistency training (Algorithm 3 with the improvements of Song & Dhariwal 2023). The run "
+                        "folder gets checkpoint.safetensors (for --resume), model.safetensors (the EMA consistency "
+                        "function; sample it with --sampler cm), log.jsonl and samples/ (cm with 1, 2 and 4 steps).")
+    _add_run_args(dt)
+    _add_train_options(dt, DistillConfig, DISTILL_HELP)
+    dt.set_defaults(func=_cmd_distill)
 
     s = sub.add_parser("sample", formatter_class=FMT, help="draw samples from a trained model",
                        description="Draw samples from a trained model with any registered sampler; sample i uses "
@@ -443,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "NFE, seconds per image, images/s and peak memory, as markdown, CSV and JSON; plots of FID "
                        "against NFE and wall time; a grid of the same seeds per sampler; DDPM vs DDIM trajectories. "
                        "Sampler specs: NAME[@SPACING][:KEY=VALUE,...], e.g. ddim:eta=0.5 or dpmpp-2m@logsnr.")
-    b.add_argument("--model", required=True, help="a checkpoint file, or a training run's folder")
+    b.add_argument("--model", default="mnist", help="a shipped model (mnist, mnist-cm), a checkpoint file, or a training run's folder")
     b.add_argument("--samplers", default="ddpm,ddim,dpmpp-2m@logsnr,unipc@logsnr", help="comma-separated sampler specs")
     b.add_argument("--nfe", default="5,10,20,50,100,1000", help="comma-separated NFE budgets")
     b.add_argument("--preset", default=None, help="ddim-table: eta 0, 0.2, 0.5, 1 and the large variance at 10-1000 "

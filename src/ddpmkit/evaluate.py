@@ -64,20 +64,24 @@ def reference_for(model: LoadedModel, name: str | None = None) -> Reference:
     return ref
 
 
-def cache_key(model: LoadedModel, sampler: str, steps: int, spacing: str, options: dict, levels: int) -> str:
+def cache_key(model: LoadedModel, sampler: str, steps: int, spacing: str, options: dict, levels: int,
+              timesteps=None) -> str:
     """What decides the samples: the model file's bytes (size and mtime stand in), the sampler setup."""
     stat = model.path.stat()
     what = {"model": str(model.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
             "sampler": sampler, "steps": steps, "spacing": spacing, "options": options, "levels": levels}
+    if timesteps is not None:
+        what["timesteps"] = [float(t) for t in timesteps]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, options: dict, num: int, seed: int,
              levels: int, cache_dir: str | os.PathLike, chunk: int = 500, batch_size: int = 250, device="cpu",
-             progress=None) -> tuple[np.ndarray, dict]:
+             progress=None, timesteps=None) -> tuple[np.ndarray, dict]:
     """Samples for seeds seed .. seed+num-1 as uint8 grey levels (0..levels), chunk by chunk, from
-    the cache where a chunk is there already. Returns (levels array, info with nfe and seconds)."""
-    folder = pathlib.Path(cache_dir) / cache_key(model, sampler, steps, spacing, options, levels)
+    the cache where a chunk is there already; ``timesteps``, an explicit grid, replaces steps and
+    spacing. Returns (levels array, info with nfe and seconds)."""
+    folder = pathlib.Path(cache_dir) / cache_key(model, sampler, steps, spacing, options, levels, timesteps)
     folder.mkdir(parents=True, exist_ok=True)
     parts, seconds, nfe, cached = [], 0.0, None, 0
     for first in range(seed, seed + num, chunk):
@@ -89,7 +93,8 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
             cached += count
         else:
             start = time.perf_counter()
-            x, info = sample(model.net, model.schedule, sampler=sampler, steps=steps, spacing=spacing,
+            x, info = sample(model.net, model.schedule, sampler=sampler, steps=None if timesteps else steps,
+                             timesteps=timesteps, spacing=spacing,
                              prediction=model.prediction, shape=(count, *model.shape),
                              seeds=range(first, first + count), batch_size=batch_size, data_range=model.data_range,
                              device=device, eps_moment=model.eps_moment, return_info=True, **options)

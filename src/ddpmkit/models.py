@@ -14,6 +14,11 @@ from .prediction import check_prediction
 from .schedule import NoiseSchedule
 
 CANDIDATES = ("model.safetensors", "checkpoint.safetensors")
+SHIPPED_DIR = pathlib.Path(__file__).parent / "assets" / "models"
+# models that ship inside the package, by name (their cards: assets/models/README.md)
+SHIPPED = {"mnist": "a DDPM on MNIST (28x28, eps, linear schedule, T = 1000)",
+           "mnist-cm": "the MNIST DDPM distilled into a consistency model (sample with --sampler cm)"}
+DEFAULT_MODEL = "mnist"
 
 
 @dataclasses.dataclass
@@ -29,29 +34,42 @@ class LoadedModel:
 
 
 def resolve(path: str | os.PathLike) -> pathlib.Path:
-    """A checkpoint file, or a training run's folder (its model.safetensors, else checkpoint.safetensors)."""
+    """A shipped model's name (``SHIPPED``), a checkpoint file, or a training run's folder (its
+    model.safetensors, else checkpoint.safetensors). A path that exists wins over a name."""
     p = pathlib.Path(path)
+    if not p.exists() and str(path) in SHIPPED:
+        file = SHIPPED_DIR / f"{path}.safetensors"
+        if not file.is_file():
+            raise CheckpointError(f"the shipped model {path!r} is missing from this installation ({file})")
+        return file
     if p.is_dir():
         for name in CANDIDATES:
             if (p / name).is_file():
                 return p / name
         raise CheckpointError(f"{p} holds no checkpoint (looked for {', '.join(CANDIDATES)})")
     if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
+        raise CheckpointError(f"checkpoint {p} does not exist (shipped models: {', '.join(SHIPPED)})")
     return p
 
 
-def build_net(net_config: dict) -> torch.nn.Module:
+def build_net(net_config: dict, schedule: NoiseSchedule | None = None) -> torch.nn.Module:
+    """The network a config describes: a U-Net, or a consistency function around one (which needs
+    the model's ``schedule``)."""
     from .nets import build_unet
 
     config = dict(net_config)
     arch = config.pop("arch", None)
-    if arch != "unet":
-        raise CheckpointError(f"unknown network architecture {arch!r}; this ddpmkit knows: unet")
     try:
-        return build_unet(config)
-    except (TypeError, ValueError) as e:
+        if arch == "unet":
+            return build_unet(config)
+        if arch == "consistency" and schedule is not None:
+            from .consistency import ConsistencyFunction
+
+            inner = config.pop("unet")
+            return ConsistencyFunction(build_net(inner), schedule, **config)
+    except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"network config is not valid: {e}") from None
+    raise CheckpointError(f"unknown network architecture {arch!r}; this ddpmkit knows: unet, consistency")
 
 
 def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -> LoadedModel:
@@ -60,8 +78,6 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
         raise ValueError(f"weights={weights!r} is not valid; choose ema or model")
     file = resolve(path)
     tensors, config = load_tensors(file, f"{weights}.")
-    net = build_net(config["net"])
-    load_into(net, tensors, file)
     try:
         schedule = NoiseSchedule.from_config(config["schedule"])
         prediction = check_prediction(config["prediction"])
@@ -69,6 +85,8 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
         data_range = tuple(float(v) for v in config["data"].get("range", (-1.0, 1.0)))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{file} has an invalid config: {e}") from None
+    net = build_net(config["net"], schedule)
+    load_into(net, tensors, file)
     moment = None
     if "analytic" in config:
         moment = load_tensors(file, "analytic.")[0]["eps_moment"].double().numpy()

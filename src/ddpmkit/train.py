@@ -52,6 +52,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     min_snr_gamma: float | None = None
+    init_from: str | None = None  # a model file whose EMA weights start the run (a warm start)
+    precision: str = "fp32"  # bf16: autocast of the network (Ampere+ GPUs, or the CPU)
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
@@ -65,6 +67,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         check_prediction(self.prediction)
+        check_precision(self.precision)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
@@ -73,6 +76,19 @@ class TrainConfig:
             raise ValueError("lr and grad_clip must be > 0, warmup and weight_decay >= 0")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast of the network's matrix work (norms and softmax stay float32), or nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def step_seed(seed: int, step: int, purpose: str) -> int:
@@ -131,15 +147,20 @@ def ema_decay_at(decay: float, step: int) -> float:
 class Trainer:
     """A training run in folder ``out``. ``options``: TrainConfig fields to set. On ``resume`` the
     run's saved settings rule; only the target ``steps``, where the data lives and how often to log,
-    sample and checkpoint may change, and any other option given must agree with the saved one."""
+    sample and checkpoint may change, and any other option given must agree with the saved one.
 
-    CHANGEABLE = ("steps", "data_dir", "download", "checkpoint_every", "sample_every", "log_every")
+    Subclasses (``ddpmkit.distill.Distiller``) change what is trained through ``Config``, ``_setup``
+    (data, schedule, ``net`` and ``ema``), ``modules``, ``train_step``, ``sample_grid`` and
+    ``config``; checkpoints, resume and the loop are shared."""
+
+    Config = TrainConfig
+    CHANGEABLE = ("steps", "data_dir", "download", "checkpoint_every", "sample_every", "log_every", "precision")
 
     def __init__(self, out: str | os.PathLike, options: dict | None = None, *, resume: bool = False, device="cpu",
                  quiet: bool = False, command: str | None = None):
         self.out, self.device, self.quiet, self.command = pathlib.Path(out), torch.device(device), quiet, command
         options = dict(options or {})
-        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainConfig)})
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(self.Config)})
         if unknown:
             raise ValueError(f"unknown training option {unknown[0]!r}")
         ckpt = self.out / CHECKPOINT
@@ -149,16 +170,29 @@ class Trainer:
         if resume and not ckpt.exists():
             raise ValueError(f"nothing to resume: {ckpt} does not exist")
         if resume:
-            saved = TrainConfig(**read_config(ckpt)["train"])
+            saved = self.Config(**read_config(ckpt)["train"])
             for name, value in options.items():
                 if name not in self.CHANGEABLE and value != getattr(saved, name):
                     raise ValueError(f"--resume: {name}={value!r} differs from the run's {name}={getattr(saved, name)!r}; "
                                      "drop the option or start a new run with another --out")
             cfg = dataclasses.replace(saved, **options)
         else:
-            cfg = TrainConfig(**options)
+            cfg = self.Config(**options)
         cfg.validate()
         self.cfg = cfg
+        self._setup()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema.eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step, self.wall = 0, 0.0
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load(ckpt)
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         self.data: ImageDataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                                                image_size=cfg.image_size)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.T)
@@ -169,13 +203,18 @@ class Trainer:
             torch.manual_seed(step_seed(cfg.seed, 0, "init"))
             self.net = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout).to(self.device)
             self.ema = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout).to(self.device)
-        self.ema.load_state_dict(self.net.state_dict())
-        self.ema.eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.step, self.wall = 0, 0.0
-        self.out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._load(ckpt)
+        if cfg.init_from is not None:
+            self._warm_start(cfg.init_from)
+
+    def _warm_start(self, path) -> None:
+        """Start from another model's EMA weights (same network shape); the optimiser starts fresh."""
+        from .models import resolve
+
+        file = resolve(path)
+        load_into(self.net, load_tensors(file, "ema.")[0], file)
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint holds besides the optimiser, by key prefix; ``ema`` is the sampling model."""
+        return {"model": self.net, "ema": self.ema}
 
     def _rng_devices(self) -> list:
         return [self.device] if self.device.type == "cuda" else []
@@ -197,8 +236,7 @@ class Trainer:
 
     def save(self) -> None:
         config = self.config()
-        tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        tensors = {f"{name}.{k}": v for name, m in self.modules().items() for k, v in m.state_dict().items()}
         state = self.opt.state_dict()
         for idx, st in state["state"].items():
             for key, value in st.items():
@@ -213,8 +251,8 @@ class Trainer:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-        load_into(self.net, part("model."), path)
-        load_into(self.ema, part("ema."), path)
+        for name, module in self.modules().items():
+            load_into(module, part(f"{name}."), path)
         state: dict = {}
         for name, value in part("optim.").items():
             idx, key = name.split(".", 1)
@@ -231,21 +269,23 @@ class Trainer:
             write_text(log, "".join(ln + "\n" for ln in keep))
 
     # -- the loop ------------------------------------------------------------------------------
-    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step; returns (loss, gradient norm) as tensors, so that a GPU is not made
-        to wait for them every step."""
+    def data_batch(self, step: int) -> tuple[torch.Tensor, torch.Generator]:
+        """The images of ``step`` on the device, and the CPU generator of that step's other draws."""
         cfg = self.cfg
         idx = batch_indices(len(self.data), cfg.batch_size, cfg.seed, step)
-        x0 = self.data.batch(idx).to(self.device)
-        g = torch.Generator().manual_seed(step_seed(cfg.seed, step, "noise"))
-        t = torch.randint(0, cfg.T, (len(idx),), generator=g).to(self.device)
-        eps = torch.randn(x0.shape, generator=g).to(self.device)
+        return self.data.batch(idx).to(self.device), torch.Generator().manual_seed(step_seed(cfg.seed, step, "noise"))
+
+    def optimise(self, step: int, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on ``loss_fn()`` (dropout seeded per step), then the EMA update.
+        Returns (loss, gradient norm) as tensors, so that a GPU is not made to wait every step."""
+        cfg = self.cfg
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         self.net.train()
         with torch.random.fork_rng(devices=self._rng_devices()):  # dropout, seeded per step; RNG restored after
             torch.manual_seed(step_seed(cfg.seed, step, "dropout"))
-            loss = diffusion_loss(self.net, x0, t, eps, self.abar, cfg.prediction, cfg.min_snr_gamma)
+            with autocast(self.device, cfg.precision):
+                loss = loss_fn()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
@@ -256,6 +296,14 @@ class Trainer:
             for e, b in zip(self.ema.buffers(), self.net.buffers()):
                 e.copy_(b)
         return loss.detach(), grad_norm.detach()
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        x0, g = self.data_batch(step)
+        t = torch.randint(0, cfg.T, (len(x0),), generator=g).to(self.device)
+        eps = torch.randn(x0.shape, generator=g).to(self.device)
+        return self.optimise(step, lambda: diffusion_loss(self.net, x0, t, eps, self.abar, cfg.prediction,
+                                                          cfg.min_snr_gamma))
 
     def sample_grid(self, path, n: int = 64) -> None:
         x = sample(self.ema, self.schedule, sampler="ddim", steps=50, prediction=self.cfg.prediction,

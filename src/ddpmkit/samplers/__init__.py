@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from .consistency import cm
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
@@ -29,6 +30,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp-2m-sde": dpmpp_2m_sde,
     "unipc": unipc,
     "restart": restart,
+    "cm": cm,
 }
 
 # network evaluations for a grid of n steps, where it is not n
