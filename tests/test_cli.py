@@ -19,9 +19,9 @@ def test_samplers_lists_every_sampler_with_defaults(capsys):
     assert "heun             s_churn=0.0, s_tmin=0.0, s_tmax=inf, s_noise=1.0" in out
 
 
-def test_demo_writes_grid_and_table(tmp_path):
+def test_exact_demo_writes_grid_and_table(tmp_path):
     out = tmp_path / "d.png"
-    r = run("demo", "--out", str(out), "--num", "6", "--quiet")
+    r = run("demo", "--exact", "--out", str(out), "--num", "6", "--quiet")
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "d.md").read_text()
@@ -35,7 +35,8 @@ def test_demo_writes_grid_and_table(tmp_path):
         (["demo", "--out", "x.jpg"], "--out x.jpg must name a .png file"),
         (["demo", "--num", "many"], "--num: 'many' is not an integer >= 1"),
         (["demo", "--num", "0"], "--num: '0' is not an integer >= 1"),
-        (["sample", "--out", "x.png"], "the following arguments are required: --model"),
+        (["sample", "--model", "mnist-xl", "--out", "x.png"], "checkpoint mnist-xl does not exist (shipped models: mnist"),
+        (["sample"], "the following arguments are required: --out"),
     ],
 )
 def test_cli_errors_are_one_line(cli_error, args, message):
@@ -51,3 +52,13 @@ def test_unknown_command(capsys):
 def test_help_shows_defaults():
     r = run("demo", "--help")
     assert r.returncode == 0 and "out/demo.png)" in r.stdout and "(default: 200)" in r.stdout
+
+
+def test_main_job_samples_the_shipped_models(tmp_path):
+    out = tmp_path / "m.png"
+    r = run("demo", "--out", str(out), "--num", "12", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "m.md").read_text()
+    assert "| unipc 20 | 20 |" in table and "| ddpm 20 | 20 |" in table and "| real MNIST (data floor) |" in table
+    assert "15.56" in table  # the shipped 10k FID of UniPC at 20 NFE, beside the one measured now

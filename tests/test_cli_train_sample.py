@@ -215,3 +215,37 @@ def test_bench_specs_and_errors(run_dir, tmp_path, cli_error):
     assert "unknown sampler 'plms'" in cli_error(*base, "--samplers", "plms")
     assert "unknown preset 'cifar'; valid: ddim-table" in cli_error(*base, "--preset", "cifar")
     assert "is not a comma-separated list of integers" in cli_error(*base, "--nfe", "ten")
+
+
+def test_distill_then_sample_with_cm(run_dir, tmp_path):
+    out = tmp_path / "cm"
+    r = ddpmkit("distill", "--teacher", run_dir, "--steps", 3, "--batch-size", 8, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert read_config(out / "model.safetensors")["net"]["arch"] == "consistency"
+    r = ddpmkit("sample", "--model", out, "--sampler", "cm", "--timesteps", "999,300", "--num", 4, "--out",
+                tmp_path / "cm.npz", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "cm, 2 steps, 2 NFE per sample" in r.stdout
+    x = np.load(tmp_path / "cm.npz")["samples"]
+    assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() <= 1  # clip_denoised keeps f in range
+    r = ddpmkit("distill", "--teacher", run_dir, "--steps", 6, "--out", out, "--resume", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert read_config(out / "checkpoint.safetensors")["step"] == 6
+
+
+def test_distill_and_timesteps_errors(run_dir, tmp_path, cli_error):
+    assert "does not exist (shipped models: mnist, mnist-cm)" in cli_error(
+        "distill", "--teacher", tmp_path / "nope", "--out", tmp_path / "x")
+    assert "solver='rk4' is not valid; choose one of: heun, ddim" in cli_error(
+        "distill", "--teacher", run_dir, "--solver", "rk4", "--out", tmp_path / "y")
+    assert "strictly descending" in cli_error("sample", "--model", run_dir, "--timesteps", "5,9", "--out",
+                                              tmp_path / "a.png")
+    assert "is not a comma-separated list of timesteps" in cli_error("sample", "--model", run_dir, "--timesteps",
+                                                                     "9,x", "--out", tmp_path / "a.png")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_sample_uses_the_shipped_mnist_model_by_default(tmp_path):
+    r = ddpmkit("sample", "--sampler", "ddim", "--steps", 2, "--num", 2, "--out", tmp_path / "m.npz", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "m.npz")["samples"].shape == (2, 1, 28, 28)

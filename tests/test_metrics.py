@@ -230,3 +230,14 @@ def test_precision_recall_matches_brute_force(k):
     # hand-checked 1-D case, k = 1: radii of the real set [0, 1, 3] are [1, 1, 2]; 2 is inside B(3, 2),
     # 5 is on its boundary (which counts as inside), 5.5 is outside
     assert precision_recall([[0.0], [1.0], [3.0]], [[2.0], [5.0], [5.5]], k=1)[0] == pytest.approx(2 / 3)
+
+
+def test_floor_at_small_sizes_is_biased_upwards():
+    from ddpmkit.evaluate import floor_at, load_reference
+
+    ref = load_reference("mnist")
+    fids = [floor_at(ref, n)["fid"] for n in (200, 500, 2000)]
+    assert fids[0] > fids[1] > fids[2] > ref.info["floor"]["fid"]  # FID's small-sample bias
+    assert 9.0 < floor_at(ref, 2000)["is"] < 10.0
+    with pytest.raises(ValueError, match="cannot give the floor at n=2001"):
+        floor_at(ref, 2001)

@@ -116,3 +116,21 @@ def test_run_folder_is_protected_and_resume_checks_options(tmp_path):
         Trainer(tmp_path / "x", {"learning_rate": 1.0}, quiet=True)
     with pytest.raises(ValueError, match="ema_decay=1.5"):
         Trainer(tmp_path / "x", {"ema_decay": 1.5}, quiet=True)
+
+
+def test_warm_start_and_bf16(tmp_path):
+    """--init-from starts the network (and its EMA) at another model's EMA weights; bf16 autocast
+    trains on the CPU too; a bad precision is refused."""
+    from ddpmkit.models import load_model
+
+    base = train(tmp_path / "a", {"dataset": "digits", "net": "tiny", "steps": 3, "batch_size": 16}, quiet=True)
+    t = Trainer(tmp_path / "b", {"dataset": "digits", "net": "tiny", "steps": 2, "batch_size": 16,
+                                 "init_from": str(base), "precision": "bf16"}, quiet=True)
+    source = load_model(base).net.state_dict()
+    for k, v in t.net.state_dict().items():
+        assert torch.equal(v, source[k]), k
+        assert torch.equal(t.ema.state_dict()[k], source[k]), k
+    t.run()
+    assert load_model(tmp_path / "b").config["train"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16' is not valid; choose one of: fp32, bf16"):
+        Trainer(tmp_path / "c", {"dataset": "digits", "precision": "fp16"})

@@ -1,6 +1,6 @@
 """Train the shipped feature networks and compute the shipped reference statistics.
 
-    .venv/bin/python tools/train_feature_nets.py [--data-dir ../shared/data/mnist]
+    .venv/bin/python tools/train_feature_nets.py [--data-dir ../shared/data/mnist] [--stats-only]
 
 Writes src/ddpmkit/assets/{mnist,digits}_classifier.safetensors, {mnist,digits}_stats.safetensors
 (feature mean and covariance of the reference set, with the data floor of every metric) and the
@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from ddpmkit import metrics
 from ddpmkit.data import load_dataset
-from ddpmkit.feature_net import ASSETS, accuracy, predict, save_feature_net, train_classifier
+from ddpmkit.feature_net import ASSETS, accuracy, load_feature_net, predict, save_feature_net, train_classifier
 from ddpmkit.files import atomic_path, write_text
 from ddpmkit.machine import describe_machine
 
@@ -40,12 +40,19 @@ def floor(net, reference, other) -> dict:
             "is_reference": metrics.inception_score(p_ref.numpy())[0], "n": len(other)}
 
 
-def save_stats(net, reference, path, info: dict) -> None:
+FLOOR_POINTS = 2000  # real images whose features and class probabilities ship for floors at small N
+
+
+def save_stats(net, reference, other, path, info: dict) -> None:
     """Mean and covariance (float64) of the reference set's features, and the features themselves
-    (float16, for KID and precision/recall, which need points rather than moments)."""
+    (float16, for KID and precision/recall, which need points rather than moments); and the features
+    and class probabilities of up to FLOOR_POINTS images of the floor's other real set, so that an
+    evaluation of N samples can be put beside the floor at the same N (``evaluate.floor_at``)."""
     feats, _ = predict(net, reference)
     mu, sigma = metrics.feature_statistics(feats)
-    tensors = {"mu": torch.as_tensor(mu), "sigma": torch.as_tensor(sigma), "features": feats.to(torch.float16)}
+    f_oth, p_oth = predict(net, other[:FLOOR_POINTS])
+    tensors = {"mu": torch.as_tensor(mu), "sigma": torch.as_tensor(sigma), "features": feats.to(torch.float16),
+               "floor_features": f_oth.to(torch.float16), "floor_probs": p_oth.to(torch.float32)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"info": json.dumps(info)})
 
@@ -55,6 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stats-only", action="store_true",
+                   help="keep the shipped networks and cards; recompute only the statistics files")
     args = p.parse_args(argv)
     machine = describe_machine()
     command = "python tools/train_feature_nets.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -63,6 +72,11 @@ def main(argv=None) -> int:
     def ship(name, train_images, train_labels, held_images, held_labels, data, epochs, batch_size,
              floor_sets, reference, reference_text, levels):
         """Train one network, measure it, and write its weights, statistics and card."""
+        if args.stats_only:
+            net, card = load_feature_net(name)
+            save_stats(net, reference, floor_sets[1], ASSETS / f"{name}_stats.safetensors",
+                       {"reference": reference_text, "levels": levels, "floor": card["floor"]})
+            return
         start = time.perf_counter()
         net = train_classifier(train_images, train_labels, epochs=epochs, batch_size=batch_size, seed=args.seed)
         seconds = time.perf_counter() - start
@@ -71,7 +85,7 @@ def main(argv=None) -> int:
         card = {"data": data, "test_accuracy": acc, "epochs": epochs, "train_seconds": round(seconds, 1),
                 "machine": machine, "command": command, "floor": fl}
         save_feature_net(net, ASSETS / f"{name}_classifier.safetensors", card)
-        save_stats(net, reference, ASSETS / f"{name}_stats.safetensors",
+        save_stats(net, reference, floor_sets[1], ASSETS / f"{name}_stats.safetensors",
                    {"reference": reference_text, "levels": levels, "floor": fl})
         cards[name] = card
         print(f"{name}: held-out accuracy {acc:.4f}, {seconds:.0f} s; floor {fl}")
@@ -91,6 +105,8 @@ def main(argv=None) -> int:
     ship("digits", digits.batch(tr), digits.labels[tr], digits.batch(te), digits.labels[te],
          "scikit-learn digits, 1500 train / 297 held out", 30, 64,
          (digits.batch(perm[:half]), digits.batch(perm[half : 2 * half])), digits.to_float(), "all 1797 digits", 16)
+    if args.stats_only:
+        return 0
 
     lines = ["# Shipped feature networks\n",
              "Small CNN classifiers (`ddpmkit.nets.classifier.FeatureClassifier`: two conv blocks, a 128-d "

@@ -38,6 +38,8 @@ class Reference:
     features: np.ndarray
     levels: int
     info: dict
+    floor_features: np.ndarray | None = None  # real images beside the reference set, for floor_at
+    floor_probs: np.ndarray | None = None
 
 
 def load_reference(name: str) -> Reference:
@@ -47,7 +49,8 @@ def load_reference(name: str) -> Reference:
         info = json.loads(f.metadata()["info"])
         mu, sigma = f.get_tensor("mu").numpy(), f.get_tensor("sigma").numpy()
         feats = f.get_tensor("features").double().numpy()
-    return Reference(net, mu, sigma, feats, int(info["levels"]), {**info, "card": card})
+        extra = {k: f.get_tensor(k).double().numpy() for k in ("floor_features", "floor_probs") if k in f.keys()}
+    return Reference(net, mu, sigma, feats, int(info["levels"]), {**info, "card": card}, **extra)
 
 
 def reference_for(model: LoadedModel, name: str | None = None) -> Reference:
@@ -111,18 +114,35 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
     return np.concatenate(parts), {"nfe": nfe, "seconds": seconds, "cached": cached, "cache": str(folder)}
 
 
-def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10) -> dict:
-    """FID, IS, KID, precision/recall against the reference, and the class frequencies."""
+def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True) -> dict:
+    """FID, IS, KID, precision/recall (unless turned off: the reference's k-NN radii cost seconds
+    on a CPU) against the reference, and the class frequencies."""
     x = torch.from_numpy(levels_array).float() / ref.levels * 2.0 - 1.0
     feats, probs = predict(ref.net, x)
     mu, sigma = metrics.feature_statistics(feats)
     is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(x)))
     kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
-    precision, recall = metrics.precision_recall(ref.features, feats)
     freq = np.bincount(probs.argmax(1).numpy(), minlength=num_classes) / len(x)
-    return {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
-            "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
-            "class_frequencies": freq.tolist()}
+    out = {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
+           "kid": kid, "kid_std": kid_std, "class_frequencies": freq.tolist()}
+    if precision_recall:
+        out["precision"], out["recall"] = metrics.precision_recall(ref.features, feats)
+    return out
+
+
+def floor_at(ref: Reference, n: int) -> dict:
+    """The data floor at sample size n: FID, KID and IS of n real images (not in the reference set)
+    against the reference, from the features shipped for this (FID is biased upwards at small n, so
+    an evaluation of n samples is read against this, not against the 10k floor)."""
+    if ref.floor_features is None or n > len(ref.floor_features):
+        have = 0 if ref.floor_features is None else len(ref.floor_features)
+        raise ValueError(f"the shipped statistics hold {have} floor images; cannot give the floor at n={n}")
+    feats = torch.from_numpy(ref.floor_features[:n])
+    mu, sigma = metrics.feature_statistics(feats)
+    kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
+    is_mean, _ = metrics.inception_score(ref.floor_probs[:n], splits=min(10, n))
+    return {"n": n, "fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), "kid": kid, "kid_std": kid_std,
+            "is": is_mean}
 
 
 def score_samples(x: torch.Tensor, reference: str = "mnist", data_range=(-1.0, 1.0)) -> dict:

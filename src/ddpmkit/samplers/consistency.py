@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 
-def cm(denoiser, x, grid, *, noise, callback=None):
+def cm(denoiser, x, grid, *, noise, clip_denoised: bool = True, callback=None):
     """Consistency-model sampling (Song et al. 2023, Algorithm 1): x0 = f(x_T, t_1); then for each
     later grid point t_k, re-noise y = x0 + sqrt(sigma_k^2 - sigma_min^2) z and denoise again,
     x0 = f(y, t_k). One grid point is one-step generation.
@@ -14,7 +14,9 @@ def cm(denoiser, x, grid, *, noise, callback=None):
     function as an x0 predictor. On an ordinary DDPM model this is "jump to x0_hat and re-noise",
     which is valid but poor. sigma_min is the schedule's sigma at t = 0, the boundary our
     distillation uses; y is EDM's variable x_t / sqrt(abar_t), so the network gets
-    x_t = y / sqrt(1 + sigma_k^2).
+    x_t = y / sqrt(1 + sigma_k^2). ``clip_denoised`` clamps every f to the data range, as the reference
+    implementation does (openai/consistency_models, ``clip_denoised``): an estimate outside it is
+    re-noised into the next step otherwise.
     """
     sched = denoiser.schedule
     sigma_min = math.sqrt(1.0 / sched.abar_at(0) - 1.0)
@@ -28,6 +30,8 @@ def cm(denoiser, x, grid, *, noise, callback=None):
             y = x0 + math.sqrt(max(sigma**2 - sigma_min**2, 0.0)) * noise()
             x = y * math.sqrt(abar)
         _, x0 = denoiser(x, t)
+        if clip_denoised:
+            x0 = x0.clamp(*denoiser.data_range)
         if callback is not None:
             callback(i, t, x, x0)
     return x0
