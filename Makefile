@@ -11,7 +11,7 @@ STAMP := $(VENV)/.ddpmkit-installed
 .PHONY: demo test test-all clean
 
 demo: $(STAMP)
-	$(BIN)/ddpmkit demo --out out/demo.png
+	$(BIN)/ddpmkit demo --out out/mnist.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -249,3 +249,25 @@ def test_sample_uses_the_shipped_mnist_model_by_default(tmp_path):
     r = ddpmkit("sample", "--sampler", "ddim", "--steps", 2, "--num", 2, "--out", tmp_path / "m.npz", "--quiet")
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "m.npz")["samples"].shape == (2, 1, 28, 28)
+
+
+def test_eval_adds_the_inception_fid_with_given_weights(run_dir, tmp_path, cli_error):
+    """With random weights in the FID Inception's format (the real file cannot be had offline)."""
+    import json
+
+    import torch
+
+    from ddpmkit.inception import FIDInceptionV3
+
+    weights = tmp_path / "inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    out = tmp_path / "e.json"
+    r = ddpmkit("eval", "--model", run_dir, "--sampler", "ddim", "--steps", 2, "--num", 4, "--out", out, "--cache",
+                tmp_path / "c", "--inception", weights, "--inception-real", 4, "--quiet")
+    assert r.returncode == 0, r.stderr
+    inc = json.loads(out.read_text())["inception"]
+    assert inc["reference"] == "digits train, 4 images" and inc["fid"] >= 0 and 1.0 <= inc["is"] <= 1008
+    assert "Inception FID" in r.stdout
+    assert "--inception: FID Inception weights not found" in cli_error(
+        "eval", "--model", run_dir, "--num", 4, "--out", tmp_path / "f.json", "--inception", tmp_path / "none.pth")
+    assert not (tmp_path / "f.json").exists()

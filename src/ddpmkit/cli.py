@@ -203,7 +203,8 @@ def _all_sampler_options() -> dict[str, dict[str, object]]:
 
 def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     """The options that choose a model and how to sample it (shared by sample and eval)."""
-    p.add_argument("--model", default="mnist", help="a shipped model (mnist, mnist-cm), a checkpoint file, or a training run's folder")
+    p.add_argument("--model", default="mnist",
+                   help="a shipped model (mnist, mnist-cm), a checkpoint file, or a training run's folder")
     p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampling steps (default: all T for ddpm, 1 for cm, 50 for the others)")
@@ -378,6 +379,7 @@ def _cmd_eval(args) -> None:
     model = load_model(args.model, device=args.device)
     options, steps = _sampling_plan(args, model)
     ref = reference_for(model, args.feature_net)
+    inception = _inception_setup(args, model) if args.inception else None  # checked before sampling
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -391,9 +393,12 @@ def _cmd_eval(args) -> None:
     if bar:
         bar.close()
     result = {"model": str(model.path), "step": model.config.get("step"), "sampler": args.sampler, "steps": steps,
-              "spacing": args.spacing, "timesteps": args.grid, "options": options, "nfe": info["nfe"], "num": args.num, "seed": args.seed,
+              "spacing": args.spacing, "timesteps": args.grid, "options": options, "nfe": info["nfe"],
+              "num": args.num, "seed": args.seed,
               "seconds_per_image": info["seconds"] / args.num, **score(levels, ref),
               "floor": ref.info["floor"], "reference": ref.info["reference"], "cached_samples": info["cached"]}
+    if inception is not None:
+        result["inception"] = _inception_scores(inception, levels, ref.levels, args)
     write_text(out, json.dumps(result, indent=1) + "\n")
     fl = ref.info["floor"]
     print("| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
@@ -402,7 +407,42 @@ def _cmd_eval(args) -> None:
     print(f"| data floor ({ref.info['reference']}) | | {fl['n']} | {fl['fid']:.3f} | {fl['is']:.2f} | "
           f"{fl['kid']:.4f} | {fl['precision']:.3f} | {fl['recall']:.3f} | |")
     freq = " ".join(f"{100 * f:.1f}" for f in result["class_frequencies"])
-    print(f"class frequencies (%, by the feature network): {freq}\nwrote {out}")
+    print(f"class frequencies (%, by the feature network): {freq}")
+    if inception is not None:
+        inc = result["inception"]
+        print(f"Inception FID {inc['fid']:.3f}, IS {inc['is']:.2f} against {inc['reference']}")
+    print(f"wrote {out}")
+
+
+def _inception_setup(args, model) -> tuple:
+    """The FID Inception network and the real images it compares against: the model's data set,
+    its test split where it has one, at most --inception-real images."""
+    from .data import load_dataset
+    from .inception import load_fid_inception
+
+    try:
+        net = load_fid_inception(args.inception).to(args.device)
+    except FileNotFoundError as e:
+        raise ValueError(f"--inception: {e}") from None
+    dataset = model.config["data"]["dataset"]
+    split = "train" if dataset == "digits" or dataset.startswith("folder:") else "test"
+    real = load_dataset(dataset, args.inception_data, split=split)
+    n = min(len(real), args.inception_real)
+    return net, real.to_float()[:n], f"{dataset} {split}, {n} images"
+
+
+def _inception_scores(inception, levels, num_levels: int, args) -> dict:
+    """The usual Inception FID and IS of the quantised samples (``ddpmkit.inception``)."""
+    from .inception import inception_features
+    from .metrics import feature_statistics, frechet_distance, inception_score
+
+    net, real, reference = inception
+    fake = torch.from_numpy(levels).float() / num_levels * 2.0 - 1.0
+    f_real, _ = inception_features(net, real)
+    f_fake, p_fake = inception_features(net, fake)
+    is_mean, is_std = inception_score(p_fake, splits=min(10, len(fake)))
+    return {"fid": frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_real)), "is": is_mean,
+            "is_std": is_std, "weights": str(args.inception), "reference": reference}
 
 
 # -- ddpmkit bench ---------------------------------------------------------------------------------
@@ -526,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num", type=positive_int, default=10000, help="number of samples")
     _add_measure_args(e)
     e.add_argument("--out", default="eval.json", help="JSON file for the results")
+    e.add_argument("--inception", default=None, metavar="WEIGHTS",
+                   help="also the usual Inception FID and IS, with the FID Inception weights at this path "
+                   "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a safetensors copy; nothing is downloaded)")
+    e.add_argument("--inception-data", default=None,
+                   help="folder with the model's data set, whose real images the Inception FID compares against")
+    e.add_argument("--inception-real", type=positive_int, default=10000, help="at most this many real images")
     e.set_defaults(func=_cmd_eval)
 
     b = sub.add_parser("bench", formatter_class=FMT, help="every sampler x NFE on one model: metrics, time, plots",

@@ -212,6 +212,7 @@ class Trainer:
 
         file = resolve(path)
         load_into(self.net, load_tensors(file, "ema.")[0], file)
+
     def modules(self) -> dict[str, torch.nn.Module]:
         """What a checkpoint holds besides the optimiser, by key prefix; ``ema`` is the sampling model."""
         return {"model": self.net, "ema": self.ema}
