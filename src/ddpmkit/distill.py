@@ -18,7 +18,8 @@ where y_{n+1} = x0 + s_{n+1} z and
     K = ``ct_total`` (default: the run's first ``steps``, kept when a resumed run goes further);
     n is drawn from iCT's discretised log-normal (P_mean = -1.1, P_std = 2.0); lambda = 1 / (s_{n+1} - s_n);
     theta- = stop-grad(theta) (target_decay 0).
-d is the pseudo-Huber metric sqrt(||a - b||^2 + c^2) - c, c = 0.00054 sqrt(dim) (iCT), or ``l2``.
+d is the pseudo-Huber metric sqrt(||a - b||^2 + c^2) - c, c = 0.00054 sqrt(dim) (iCT), or ``l2``
+(the mean squared difference).
 
 The student starts as the teacher's network (so f starts as the teacher's one-step x0 estimate);
 ``ct`` uses the teacher's file only for the network's shape, the schedule and, unless
