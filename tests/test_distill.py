@@ -224,3 +224,10 @@ def test_distill_rejects_bad_options(tmp_path, teacher):
         Distiller(tmp_path / "b", {"teacher": str(teacher), "eta": 1})
     with pytest.raises(ValueError, match="init='scratch' is for method ct"):
         Distiller(tmp_path / "c", {"teacher": str(teacher), "init": "scratch"})
+
+
+@pytest.mark.parametrize("schedule", [SCHED, NoiseSchedule("cosine", 1000, zero_terminal_snr=True)])
+def test_abar_tensor_equals_the_schedules_interpolation(schedule):
+    t = torch.cat([torch.tensor([0.0, 1.0, 998.5, 999.0]), torch.rand(200, generator=torch.Generator().manual_seed(0)) * 999])
+    expected = torch.from_numpy(schedule.abar_at(t.numpy()))
+    assert torch.equal(abar_tensor(schedule, t), expected)

@@ -30,6 +30,9 @@ f, an x0 estimate: a model file stores it with prediction "x0", so every sampler
 
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 import torch
 from torch import nn
@@ -38,10 +41,25 @@ from .prediction import check_prediction
 from .schedule import NoiseSchedule
 
 
+@functools.lru_cache(maxsize=8)
+def _tables(config: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    schedule = NoiseSchedule.from_config(json.loads(config))
+    abar = torch.tensor(np.array(schedule.alphas_cumprod), dtype=torch.float64, device=device)
+    return abar, torch.tensor(np.array(schedule.log_snr), dtype=torch.float64, device=device)
+
+
 def abar_tensor(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
-    """abar at a batch of (integer or fractional) timesteps, float64 on t's device."""
-    values = schedule.abar_at(t.detach().to("cpu", torch.float64).numpy())
-    return torch.as_tensor(np.atleast_1d(values), dtype=torch.float64).to(t.device)
+    """abar at a batch of (integer or fractional) timesteps in [0, T-1], float64 on t's device and
+    computed there (no round trip to the host per network call): the table's value at whole
+    timesteps, logSNR interpolated linearly between them, as ``NoiseSchedule.abar_at``."""
+    abar, lam = _tables(json.dumps(schedule.to_config(), sort_keys=True), str(t.device))
+    tt = t.detach().to(torch.float64).reshape(-1)
+    lo = tt.floor().long().clamp(0, schedule.T - 1)
+    hi = (lo + 1).clamp(max=schedule.T - 1)
+    w = tt - lo
+    interpolated = torch.sigmoid(lam[lo] * (1 - w) + lam[hi] * w)
+    between = torch.where(abar[hi] > 0, interpolated, abar[lo] * (1 - w) + abar[hi] * w)  # a segment to abar = 0
+    return torch.where(w == 0, abar[lo], between)
 
 
 def sigma_of_abar(abar):
@@ -78,7 +96,8 @@ class ConsistencyFunction(nn.Module):
         if not sigma_data > 0:
             raise ValueError(f"sigma_data={sigma_data} must be > 0")
         self.t_min, self.sigma_data, self.x0_head = float(t_min), float(sigma_data), bool(x0_head)
-        self.sigma_min = sigma_of_abar(schedule.abar_at(self.t_min))
+        # through the same arithmetic as forward(), so that sigma - sigma_min is exactly 0 at t_min
+        self.sigma_min = sigma_of_abar(abar_tensor(schedule, torch.tensor([self.t_min]))).item()
 
     def config(self) -> dict:
         return {"unet": {"arch": "unet", **self.net.config()}, "prediction": self.prediction, "t_min": self.t_min,
