@@ -230,4 +230,6 @@ def test_distill_rejects_bad_options(tmp_path, teacher):
 def test_abar_tensor_equals_the_schedules_interpolation(schedule):
     t = torch.cat([torch.tensor([0.0, 1.0, 998.5, 999.0]), torch.rand(200, generator=torch.Generator().manual_seed(0)) * 999])
     expected = torch.from_numpy(schedule.abar_at(t.numpy()))
-    assert torch.equal(abar_tensor(schedule, t), expected)
+    torch.testing.assert_close(abar_tensor(schedule, t), expected, rtol=1e-13, atol=0)
+    whole = torch.arange(1000.0)
+    assert torch.equal(abar_tensor(schedule, whole), torch.from_numpy(schedule.alphas_cumprod))  # the table itself
