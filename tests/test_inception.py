@@ -133,13 +133,17 @@ def test_pool_branches_are_the_fid_variants():
 
 def test_pth_and_safetensors_load_to_the_same_features(weights):
     x = _images(3)
+    got = []
     for name in ("w.pth", "w.safetensors"):
         net = load_fid_inception(weights["folder"] / name)
         assert not net.training and not any(p.requires_grad for p in net.parameters())
         feats, probs = inception_features(net, x[:2], batch_size=2)
         assert feats.dtype == np.float64 and feats.shape == (2, 2048) and probs.shape == (2, 1008)
-        np.testing.assert_array_equal(feats, weights["feats"][:2].double().numpy())
+        # the fixture ran a batch of 3: another batch size may take other conv kernels (round-off)
+        np.testing.assert_allclose(feats, weights["feats"][:2].double().numpy(), rtol=0, atol=1e-5)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+        got.append(feats)
+    np.testing.assert_array_equal(got[0], got[1])  # the same weights from either file, bit for bit
     assert weights["feats"].std() > 0.1  # the random weights give non-degenerate features
 
 
