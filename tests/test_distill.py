@@ -234,3 +234,14 @@ def test_abar_tensor_equals_the_schedules_interpolation(schedule):
     torch.testing.assert_close(abar_tensor(schedule, t), expected, rtol=1e-13, atol=0)
     whole = torch.arange(1000.0)
     assert torch.equal(abar_tensor(schedule, whole), torch.tensor(np.array(schedule.alphas_cumprod)))  # the table
+
+
+def test_distillation_warm_starts_from_a_consistency_model(tmp_path, teacher):
+    first = Distiller(tmp_path / "a", {"teacher": str(teacher), "steps": 2, "batch_size": 4, "sample_every": 100},
+                      quiet=True).run()
+    d = Distiller(tmp_path / "b", {"teacher": str(teacher), "steps": 1, "batch_size": 4, "init_from": str(first)},
+                  quiet=True)
+    source = load_model(first).net.state_dict()
+    for module in (d.net, d.ema, d.target):
+        for k, v in module.state_dict().items():
+            assert torch.equal(v, source[k]), k

@@ -134,6 +134,8 @@ DISTILL_HELP = {
     "precision": "fp32, or bf16 (autocast of the student, target and teacher)",
     "x0_head": "give the student a direct x0 output, blended in at high noise (better one-step samples from an "
                "eps teacher)",
+    "init_from": "start the student from this consistency model's EMA weights (e.g. mnist-cm), to continue a "
+                 "distillation whose checkpoint is gone",
     "seed": "seed of the data order, noise levels, noise and dropout",
     "checkpoint_every": TRAIN_HELP["checkpoint_every"],
     "sample_every": TRAIN_HELP["sample_every"],

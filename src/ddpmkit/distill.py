@@ -72,6 +72,7 @@ class DistillConfig:
     sigma_data: float = 0.5
     init: str = "teacher"
     x0_head: bool = False  # a second, direct-x0 output blended in at high noise (ddpmkit.consistency)
+    init_from: str | None = None  # a consistency model whose EMA weights start the student (a warm start)
     precision: str = "fp32"  # bf16: autocast of the student, target and teacher networks
     seed: int = 0
     checkpoint_every: int = 500
@@ -230,6 +231,8 @@ class Distiller(Trainer):
             student = with_x0_head(student).to(self.device)
         self.net = ConsistencyFunction(student, self.schedule, prediction=teacher.prediction,
                                        sigma_data=cfg.sigma_data, x0_head=cfg.x0_head).to(self.device)
+        if cfg.init_from is not None:  # continue an earlier distillation (same student shape)
+            self._warm_start(cfg.init_from)
         self.ema = copy.deepcopy(self.net)
         self.target = copy.deepcopy(self.net).eval().requires_grad_(False)
         dim = math.prod(teacher.shape)
