@@ -435,11 +435,12 @@ def _inception_setup(args, model) -> tuple:
 
 def _inception_scores(inception, levels, num_levels: int, args) -> dict:
     """The usual Inception FID and IS of the quantised samples (``ddpmkit.inception``)."""
+    from .images import from_levels
     from .inception import inception_features
     from .metrics import feature_statistics, frechet_distance, inception_score
 
     net, real, reference = inception
-    fake = torch.from_numpy(levels).float() / num_levels * 2.0 - 1.0
+    fake = from_levels(levels, num_levels)
     f_real, _ = inception_features(net, real)
     f_fake, p_fake = inception_features(net, fake)
     is_mean, is_std = inception_score(p_fake, splits=min(10, len(fake)))

@@ -62,8 +62,8 @@ def abar_tensor(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
     return torch.where(w == 0, abar[lo], between)
 
 
-def sigma_of_abar(abar):
-    return ((1.0 - abar) / abar).sqrt() if torch.is_tensor(abar) else float(np.sqrt((1.0 - abar) / abar))
+def sigma_of_abar(abar: torch.Tensor) -> torch.Tensor:
+    return ((1.0 - abar) / abar).sqrt()
 
 
 def c_skip(sigma: torch.Tensor, sigma_min: float, sigma_data: float) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .files import atomic_path
+from .images import from_levels
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")  # plus "folder:PATH"
 SPLITS = ("train", "test")
@@ -97,7 +98,7 @@ class ImageDataset:
 
     def batch(self, idx) -> torch.Tensor:
         """The images at ``idx`` as float32 in [-1, 1]: ``images[idx] / levels * 2 - 1``."""
-        return self.images[idx].to(torch.float32) / self.levels * 2.0 - 1.0
+        return from_levels(self.images[idx], self.levels)
 
     def to_float(self) -> torch.Tensor:
         """All images as float32 in [-1, 1]."""

@@ -37,12 +37,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .consistency import ConsistencyFunction, abar_tensor, x0_estimate
+from .consistency import ConsistencyFunction, abar_tensor, sigma_of_abar, x0_estimate
 from .data import DATA_RANGE, load_dataset
 from .images import grid_scale, labelled_grid, save_image
 from .models import build_net, load_model
 from .sampling import sample
-from .train import Trainer, autocast, check_precision, step_seed
+from .train import Trainer, autocast, check_run_options, step_seed
 
 METHODS = ("cd", "ct")
 SOLVERS = ("heun", "ddim")
@@ -80,9 +80,7 @@ class DistillConfig:
     log_every: int = 25
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "ct_s0", "ct_s1"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        check_run_options(self, ("ct_s0", "ct_s1"))
         for name, value, valid in (("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
                                    ("loss", self.loss, LOSSES), ("init", self.init, ("teacher", "scratch"))):
             if value not in valid:
@@ -95,11 +93,8 @@ class DistillConfig:
             raise ValueError(f"ct_s1={self.ct_s1} must be >= ct_s0={self.ct_s0}")
         if self.target_decay is not None and not 0.0 <= self.target_decay < 1.0:
             raise ValueError(f"target_decay={self.target_decay} must be in [0, 1)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
-        if self.lr <= 0 or self.grad_clip <= 0 or self.warmup < 0 or self.weight_decay < 0 or self.sigma_data <= 0:
-            raise ValueError("lr, grad_clip and sigma_data must be > 0, warmup and weight_decay >= 0")
-        check_precision(self.precision)
+        if self.sigma_data <= 0:
+            raise ValueError(f"sigma_data={self.sigma_data} must be > 0")
         if self.method == "cd" and self.init == "scratch":
             raise ValueError("init='scratch' is for method ct; distillation starts from the teacher")
 
@@ -188,8 +183,6 @@ def consistency_loss(student, target, y_hi, y_lo, pair: Pair, weight: torch.Tens
 def with_x0_head(net: torch.nn.Module) -> torch.nn.Module:
     """The same U-Net with twice the output channels: the first half keeps its weights, the second
     (the direct x0 prediction) starts at exactly zero."""
-    from .models import build_net
-
     config = {"arch": "unet", **net.config()}
     c = config["out_channels"]
     wide = build_net(dict(config, out_channels=2 * c))
@@ -264,8 +257,7 @@ class Distiller(Trainer):
         n = cfg.num_scales if cfg.method == "cd" else ict_num_scales(step - 1, cfg.ct_total, cfg.ct_s0, cfg.ct_s1)
         if n not in self._scales:
             ts = torch.as_tensor(karras_timesteps(self.schedule, n), dtype=torch.float64)
-            sig = abar_tensor(self.schedule, ts)
-            sig = ((1 - sig) / sig).sqrt()
+            sig = sigma_of_abar(abar_tensor(self.schedule, ts))
             probs = ict_index_probs(sig.numpy()) if cfg.method == "ct" else None
             self._scales[n] = (ts, sig, probs)
         return self._scales[n]

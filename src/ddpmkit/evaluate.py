@@ -22,7 +22,7 @@ from safetensors import safe_open
 from . import metrics
 from .feature_net import ASSETS, load_feature_net, predict
 from .files import atomic_path
-from .images import to_levels
+from .images import from_levels, to_levels
 from .models import LoadedModel
 from .nets.classifier import FeatureClassifier
 from .sampling import sample
@@ -117,7 +117,7 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
 def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True) -> dict:
     """FID, IS, KID, precision/recall (unless turned off: the reference's k-NN radii cost seconds
     on a CPU) against the reference, and the class frequencies."""
-    x = torch.from_numpy(levels_array).float() / ref.levels * 2.0 - 1.0
+    x = from_levels(levels_array, ref.levels)
     feats, probs = predict(ref.net, x)
     mu, sigma = metrics.feature_statistics(feats)
     is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(x)))

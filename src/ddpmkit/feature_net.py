@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .files import atomic_path
-from .images import to_levels
+from .images import from_levels, to_levels
 from .nets.classifier import FeatureClassifier
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
@@ -26,7 +26,7 @@ ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 
 def quantize(x: torch.Tensor, levels: int = 255, data_range=(-1.0, 1.0)) -> torch.Tensor:
     """Samples in ``data_range`` -> the nearest of ``levels + 1`` grey levels, back in [-1, 1]."""
-    return torch.from_numpy(to_levels(x, levels, data_range)).to(torch.float32) / levels * 2.0 - 1.0
+    return from_levels(to_levels(x, levels, data_range), levels)
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 3, batch_size: int = 128,

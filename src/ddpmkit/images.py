@@ -20,6 +20,12 @@ def to_levels(x: torch.Tensor, levels: int = 255, data_range=(-1.0, 1.0)) -> np.
     return (u * levels).round().to(torch.uint8).numpy()
 
 
+def from_levels(levels, num_levels: int = 255) -> torch.Tensor:
+    """Grey-level indices 0..num_levels (uint8 array or tensor) -> float32 in [-1, 1], the inverse of
+    ``to_levels`` on the default range and how real images are read."""
+    return torch.as_tensor(levels).to(torch.float32) / num_levels * 2.0 - 1.0
+
+
 def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> np.ndarray:
     """(N, C, H, W) samples in ``data_range`` to (N, H, W, C) uint8 pixels."""
     return to_levels(x, 255, data_range).transpose(0, 2, 3, 1)

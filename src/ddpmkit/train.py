@@ -60,20 +60,12 @@ class TrainConfig:
     log_every: int = 25
 
     def validate(self) -> None:
-        positive = ("T", "steps", "batch_size", "checkpoint_every", "sample_every", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        check_run_options(self, ("T",))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         check_prediction(self.prediction)
-        check_precision(self.precision)
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.lr <= 0 or self.grad_clip <= 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise ValueError("lr and grad_clip must be > 0, warmup and weight_decay >= 0")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
 
@@ -84,6 +76,19 @@ PRECISIONS = ("fp32", "bf16")
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+
+
+def check_run_options(cfg, positive: tuple[str, ...] = ()) -> None:
+    """The checks every run's config needs (TrainConfig, DistillConfig): step counts and cadences
+    >= 1 (and the fields in ``positive``), the optimiser's settings, the EMA decay and the precision."""
+    for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", *positive):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}={getattr(cfg, name)} must be >= 1")
+    check_precision(cfg.precision)
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay={cfg.ema_decay} must be in [0, 1)")
+    if cfg.lr <= 0 or cfg.grad_clip <= 0 or cfg.warmup < 0 or cfg.weight_decay < 0:
+        raise ValueError("lr and grad_clip must be > 0, warmup and weight_decay >= 0")
 
 
 def autocast(device: torch.device, precision: str):

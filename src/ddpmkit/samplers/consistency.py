@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ..schedule import sigma_from_abar
+
 
 def cm(denoiser, x, grid, *, noise, clip_denoised: bool = True, callback=None):
     """Consistency-model sampling (Song et al. 2023, Algorithm 1): x0 = f(x_T, t_1); then for each
@@ -19,14 +21,14 @@ def cm(denoiser, x, grid, *, noise, clip_denoised: bool = True, callback=None):
     re-noised into the next step otherwise.
     """
     sched = denoiser.schedule
-    sigma_min = math.sqrt(1.0 / sched.abar_at(0) - 1.0)
+    sigma_min = float(sched.sigmas[0])
     x0 = None
     for i, t in enumerate(float(t) for t in grid):
         abar = sched.abar_at(t)
         if i > 0:
             if abar == 0.0:
                 raise ValueError("cm cannot re-noise to abar = 0 (zero terminal SNR) after the first step")
-            sigma = math.sqrt(1.0 / abar - 1.0)
+            sigma = float(sigma_from_abar(abar))
             y = x0 + math.sqrt(max(sigma**2 - sigma_min**2, 0.0)) * noise()
             x = y * math.sqrt(abar)
         _, x0 = denoiser(x, t)
