@@ -199,7 +199,6 @@ class Distiller(Trainer):
     Resumes like a training run; the model file holds the EMA consistency function."""
 
     Config = DistillConfig
-    CHANGEABLE = Trainer.CHANGEABLE
 
     def _setup(self) -> None:
         cfg = self.cfg
