@@ -92,7 +92,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C / heads)
+        # each (B, heads, HW, C / heads) and contiguous: a strided last dimension sends
+        # scaled_dot_product_attention to its unfused "math" kernel (3.8x slower on a CPU here)
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
         h = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
@@ -197,6 +199,9 @@ class UNet(nn.Module):
             if lvl > 0:
                 self.up.append(Upsample(ch))
         self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), _zero(nn.Conv2d(ch, out_channels, 3, padding=1)))
+        # channels-last conv weights make every activation channels-last: oneDNN's convolutions are
+        # faster in that layout (1.3x for the whole "small" net on a CPU); the output is made plain again
+        self.to(memory_format=torch.channels_last)
 
     def config(self) -> dict:
         """JSON-serialisable kwargs that rebuild this architecture: ``UNet(**net.config())``."""
@@ -230,7 +235,7 @@ class UNet(nn.Module):
         h = self.mid2(self.mid1(h, emb), emb)
         for m in self.up:
             h = m(h, hs[-1].shape[-2:]) if isinstance(m, Upsample) else m(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        return self.out(h).contiguous()
 
 
 def build_unet(preset_or_config: str | dict, **overrides) -> UNet:
