@@ -225,7 +225,7 @@ def test_distill_then_sample_with_cm(run_dir, tmp_path):
     r = ddpmkit("sample", "--model", out, "--sampler", "cm", "--timesteps", "999,300", "--num", 4, "--out",
                 tmp_path / "cm.npz", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert "cm, 2 steps, 2 NFE per sample" in r.stdout
+    assert "cm, 2 steps at timesteps 999, 300, 2 NFE per sample" in r.stdout
     x = np.load(tmp_path / "cm.npz")["samples"]
     assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() <= 1  # clip_denoised keeps f in range
     r = ddpmkit("distill", "--teacher", run_dir, "--steps", 6, "--out", out, "--resume", "--quiet")
@@ -271,3 +271,43 @@ def test_eval_adds_the_inception_fid_with_given_weights(run_dir, tmp_path, cli_e
     assert "--inception: FID Inception weights not found" in cli_error(
         "eval", "--model", run_dir, "--num", 4, "--out", tmp_path / "f.json", "--inception", tmp_path / "none.pth")
     assert not (tmp_path / "f.json").exists()
+
+
+def test_tune_stores_grids_that_sample_eval_and_bench_use(run_dir, tmp_path, cli_error):
+    import json
+    import shutil
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(run_dir / "model.safetensors", model)  # tune rewrites the file it tunes
+    cands = {999.0, 700.0, 400.0, 100.0}
+    r = ddpmkit("tune", "--model", model, "--sampler", "ddim", "--steps", "1,2", "--candidates", "999,700,400,100",
+                "--num", 24, "--cache", tmp_path / "cache", "--quiet")
+    assert r.returncode == 0, r.stderr
+    tuned = read_config(model)["tuned_timesteps"]["ddim"]
+    assert set(tuned) == {"1", "2"} and tuned["2"]["grids_measured"] >= 4
+    grid = tuned["2"]["timesteps"]
+    assert len(grid) == 2 and grid[0] > grid[1] and set(grid) <= cands and set(tuned["1"]["timesteps"]) <= cands
+    # the FID stored is what eval measures for that grid on the same seeds, sampled afresh
+    r = ddpmkit("eval", "--model", model, "--sampler", "ddim", "--timesteps", ",".join(f"{t:g}" for t in grid),
+                "--num", 24, "--seed", 1_000_000, "--cache", tmp_path / "fresh", "--out", tmp_path / "e.json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["fid"] == pytest.approx(tuned["2"]["fid"], rel=1e-9)
+    # sample takes the tuned grid unless a spacing is asked for
+    shown = f"at timesteps {grid[0]:g}, {grid[1]:g}"
+    base = ["sample", "--model", model, "--sampler", "ddim", "--num", 2, "--out", tmp_path / "a.npz", "--quiet"]
+    assert shown in ddpmkit(*base, "--steps", 2).stdout
+    assert shown in ddpmkit(*base, "--nfe", 2, "--spacing", "tuned").stdout
+    r = ddpmkit(*base, "--steps", 2, "--spacing", "trailing")
+    assert r.returncode == 0 and "at timesteps" not in r.stdout
+    r = ddpmkit("bench", "--model", model, "--samplers", "ddim,ddim@trailing", "--nfe", 2, "--num", 12,
+                "--cache", tmp_path / "cache", "--out", tmp_path / "bench", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    assert [(x["spacing"], x["timesteps"]) for x in rows] == [("tuned", grid), ("trailing", None)]
+    assert "has no tuned grid for ddim with 3 steps (it has one for steps: 1, 2;" in cli_error(*base, "--steps", 3,
+                                                                                               "--spacing", "tuned")
+    assert "--steps 5 needs at least as many --candidates; got 2" in cli_error(
+        "tune", "--model", model, "--steps", 5, "--candidates", "999,500")
+    assert "--candidates: grid timesteps must lie in [0, 999]" in cli_error(
+        "tune", "--model", model, "--candidates", "999,1500")
+    assert "unknown sampler 'plms'" in cli_error("tune", "--model", model, "--sampler", "plms")

@@ -45,7 +45,7 @@ def parse_sampler(spec: str) -> tuple[str, str, dict, str]:
             raise ValueError(f"sampler spec {spec!r}: {item!r} is not KEY=VALUE with KEY one of: {', '.join(valid)}")
         default = valid[key]
         options[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
-    return spec, name, options, spacing or "trailing"
+    return spec, name, options, spacing or None  # None: the model's tuned grid where it has one, else trailing
 
 
 def peak_rss_mb() -> float:
@@ -65,14 +65,16 @@ def run(model: LoadedModel, ref: Reference, specs: list[str], nfes: list[int], *
             except ValueError:
                 log(f"  {label}: cannot fit into {budget} NFE, skipped")
                 continue
-            levels, info = generate(model, sampler=name, steps=steps, spacing=spacing, options=options, num=num,
+            used, grid = model.plan_grid(name, steps, spacing)
+            levels, info = generate(model, sampler=name, steps=steps, spacing=used, options=options, num=num,
                                     seed=seed, levels=ref.levels, cache_dir=cache_dir, batch_size=batch_size,
-                                    device=device)
+                                    device=device, timesteps=grid)
             if device != "cpu" and torch.cuda.is_available():
                 peak = torch.cuda.max_memory_allocated() / 2**20
             else:
                 peak = peak_rss_mb()
-            row = {"sampler": label, "spacing": spacing, "nfe_budget": budget, "steps": steps, "nfe": info["nfe"],
+            row = {"sampler": label, "spacing": used, "timesteps": grid, "nfe_budget": budget, "steps": steps,
+                   "nfe": info["nfe"],
                    "num": num, "seconds_per_image": info["seconds"] / num,
                    "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
                    "peak_memory_mb": peak, **score(levels, ref)}
@@ -141,8 +143,9 @@ def sample_grids(model: LoadedModel, rows: list[dict], out: pathlib.Path, seed: 
         best[r["sampler"]] = r
     images, labels = [], []
     for label, r in best.items():
-        _, name, options, spacing = parse_sampler(label)
-        x = sample(model.net, model.schedule, sampler=name, steps=r["steps"], spacing=spacing,
+        _, name, options, _ = parse_sampler(label)
+        x = sample(model.net, model.schedule, sampler=name, steps=None if r["timesteps"] else r["steps"],
+                   timesteps=r["timesteps"], spacing=r["spacing"],
                    prediction=model.prediction, shape=(show, *model.shape), seeds=range(seed, seed + show),
                    data_range=model.data_range, eps_moment=model.eps_moment, **options)
         images.append(x)

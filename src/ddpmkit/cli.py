@@ -203,6 +203,10 @@ def _all_sampler_options() -> dict[str, dict[str, object]]:
     return out
 
 
+SPACING_HELP = ("step grid: leading, trailing, linspace, karras, logsnr, or tuned (the grid `ddpmkit tune` stored in "
+                "the model for this sampler and step count); default: tuned where the model has one, else trailing")
+
+
 def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     """The options that choose a model and how to sample it (shared by sample and eval)."""
     p.add_argument("--model", default="mnist",
@@ -214,7 +218,7 @@ def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
                    help="an explicit descending grid instead of --steps, e.g. 999,500 (fractional allowed)")
     p.add_argument("--nfe", type=positive_int, default=None,
                    help="a budget of network evaluations instead of --steps: the most steps that fit it")
-    p.add_argument("--spacing", default="trailing", help="step grid: leading, trailing, linspace, karras or logsnr")
+    p.add_argument("--spacing", default=None, help=SPACING_HELP)
     for opt, per_sampler in _all_sampler_options().items():
         kinds = {type(v) for v in per_sampler.values() if v is not None}
         kind = {frozenset({bool}): parse_bool, frozenset({int}): int, frozenset({float}): float,
@@ -256,12 +260,16 @@ def _sampling_plan(args, model) -> tuple[dict, int]:
         from .schedule import check_grid
 
         args.grid = [float(t) for t in check_grid(args.timesteps, model.schedule.T)]
+        args.spacing = "explicit"
         return options, len(args.grid)
     if args.nfe is not None:
-        return options, steps_for_nfe(args.sampler, args.nfe, model.schedule.T, **options)
-    if args.steps is not None:
-        return options, args.steps
-    return options, {"ddpm": model.schedule.T, "cm": 1}.get(args.sampler, 50)
+        steps = steps_for_nfe(args.sampler, args.nfe, model.schedule.T, **options)
+    elif args.steps is not None:
+        steps = args.steps
+    else:
+        steps = {"ddpm": model.schedule.T, "cm": 1}.get(args.sampler, 50)
+    args.spacing, args.grid = model.plan_grid(args.sampler, steps, args.spacing)
+    return options, steps
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
@@ -334,7 +342,8 @@ def _cmd_sample(args) -> None:
     if bar:
         bar.close()
     _write_samples(x, seeds, out, kind, model.data_range)
-    print(f"wrote {num} samples to {out} ({args.sampler}, {steps} steps, {info['nfe']} NFE per sample)")
+    grid = f" at timesteps {', '.join(f'{t:g}' for t in args.grid)}" if args.grid else ""
+    print(f"wrote {num} samples to {out} ({args.sampler}, {steps} steps{grid}, {info['nfe']} NFE per sample)")
 
 
 def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_range) -> None:
@@ -502,6 +511,51 @@ def _cmd_bench(args) -> None:
     print(f"wrote {out}/bench.md, bench.csv, bench.json, fid.png, samples.png, trajectories.png")
 
 
+# -- ddpmkit tune ----------------------------------------------------------------------------------
+def _cmd_tune(args) -> None:
+    from .evaluate import generate, reference_for, score
+    from .models import load_model, store_tuned_grids
+    from .schedule import check_grid
+    from .tune import search_grid
+
+    sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
+    try:
+        steps_list = sorted({int(n) for n in args.steps.split(",") if n.strip()})
+    except ValueError:
+        raise ValueError(f"--steps {args.steps!r} is not a comma-separated list of integers") from None
+    if not steps_list or min(steps_list) < 1:
+        raise ValueError(f"--steps {args.steps!r} must list integers >= 1")
+    model = load_model(args.model, device=args.device)
+    T = model.schedule.T
+    cands = args.candidates if args.candidates is not None else model.schedule.grid(min(10, T), "trailing")
+    try:
+        cands = [float(t) for t in check_grid(sorted(set(cands), reverse=True), T)]
+    except ValueError as e:
+        raise ValueError(f"--candidates: {e}") from None
+    if max(steps_list) > len(cands):
+        raise ValueError(f"--steps {max(steps_list)} needs at least as many --candidates; got {len(cands)}")
+    ref = reference_for(model, args.feature_net)
+    log = (lambda *a: None) if args.quiet else print
+
+    def fid(grid):
+        levels, _ = generate(model, sampler=args.sampler, steps=len(grid), spacing="explicit", options={},
+                             timesteps=list(grid), num=args.num, seed=args.seed, levels=ref.levels,
+                             cache_dir=args.cache, batch_size=args.batch_size, device=args.device)
+        return score(levels, ref, precision_recall=False)["fid"]
+
+    found = {}
+    for k in steps_list:
+        log(f"{args.sampler}, {k} steps: FID on {args.num} samples (seeds {args.seed}..) of each grid tried")
+        grid, best, seen = search_grid(fid, cands, k, log=log)
+        found[k] = {"timesteps": grid, "fid": best, "num": args.num, "seed": args.seed,
+                    "feature_net": ref.info["card"].get("data", ""), "candidates": cands, "grids_measured": len(seen)}
+        print(f"{args.sampler}, {k} steps: timesteps {', '.join(f'{t:g}' for t in grid)} "
+              f"(FID {best:.2f} on {args.num} samples; {len(seen)} grids measured)")
+    file = store_tuned_grids(model.path, args.sampler, found)
+    print(f"stored the tuned grids in {file}; sample, eval, bench and demo use them unless --spacing or "
+          f"--timesteps says otherwise")
+
+
 # -- ddpmkit moments -------------------------------------------------------------------------------
 def _cmd_moments(args) -> None:
     from .analytic import estimate_eps_moment
@@ -595,6 +649,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="torch device")
     b.add_argument("--quiet", action="store_true", help="print only the final table")
     b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser("tune", formatter_class=FMT, help="search a few-step sampler's timesteps by FID; store them",
+                       description="For each step count, coordinate descent over descending grids of candidate "
+                       "timesteps (each point in turn replaced by every candidate while that lowers FID, as Song et "
+                       "al. 2023 chose their multistep consistency grids), measured on --num samples from seeds "
+                       "disjoint from eval's default ones. The grids found are stored in the model file (rewritten "
+                       "atomically); sample, eval, bench and demo then use them for that sampler and step count.")
+    t.add_argument("--model", required=True, help="a model file, a training run's folder, or a shipped model's name")
+    t.add_argument("--sampler", default="cm", help=f"one of: {', '.join(SAMPLERS)}")
+    t.add_argument("--steps", default="1,2", help="comma-separated step counts to tune")
+    t.add_argument("--candidates", type=timestep_list, default=None,
+                   help="timesteps the grid is built from (default: the trailing grid of 10 steps)")
+    t.add_argument("--num", type=positive_int, default=500, help="samples per grid tried")
+    t.add_argument("--seed", type=nonneg_int, default=1_000_000, help="sample i uses seed SEED + i")
+    t.add_argument("--batch-size", type=positive_int, default=250, help="samples per network call")
+    t.add_argument("--device", default="cpu", help="torch device")
+    _add_measure_args(t)
+    t.add_argument("--quiet", action="store_true", help="print only the grids found")
+    t.set_defaults(func=_cmd_tune)
 
     m = sub.add_parser("moments", formatter_class=FMT, help="store Analytic-DPM's eps moments in a model file",
                        description="Estimate Gamma_t = E||eps_hat(x_t)||^2 / d (Bao et al. 2022) over training "

@@ -18,14 +18,14 @@ from .images import labelled_grid, save_image, to_levels
 from .models import SHIPPED_DIR, load_model
 from .sampling import sample
 
-# (label, model, sampler, steps, options, spacing)
+# (label, model, sampler, steps, options, spacing); spacing None takes the model's tuned grid
 ROWS = [
     ("ddim 10", "mnist", "ddim", 10, {}, "trailing"),
     ("unipc 10", "mnist", "unipc", 10, {}, "logsnr"),
     ("unipc 20", "mnist", "unipc", 20, {}, "logsnr"),
     ("ddpm 20", "mnist", "ddpm", 20, {}, "trailing"),
-    ("cm 1", "mnist-cm", "cm", 1, {}, "trailing"),
-    ("cm 2", "mnist-cm", "cm", 2, {}, "trailing"),
+    ("cm 1", "mnist-cm", "cm", 1, {}, None),
+    ("cm 2", "mnist-cm", "cm", 2, {}, None),
 ]
 
 
@@ -50,12 +50,15 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) 
         if m is None:
             continue
         start = time.perf_counter()
-        x, info = sample(m.net, m.schedule, sampler=sampler, steps=steps, spacing=spacing, prediction=m.prediction,
+        spacing, grid = m.plan_grid(sampler, steps, spacing)
+        x, info = sample(m.net, m.schedule, sampler=sampler, steps=None if grid else steps, timesteps=grid,
+                         spacing=spacing, prediction=m.prediction,
                          shape=(num, *m.shape), seeds=range(num), batch_size=100, data_range=m.data_range,
                          return_info=True, **opts)
         seconds = time.perf_counter() - start
         s = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False)
-        results.append({"sampler": label, "model": name, "nfe": info["nfe"], "seconds": seconds, "num": num,
+        results.append({"sampler": label, "model": name, "timesteps": grid, "nfe": info["nfe"], "seconds": seconds,
+                        "num": num,
                         "fid": s["fid"], "is": s["is"], "classes": s["class_frequencies"],
                         "shipped": shipped.get(label)})
         rows.append(x[:show])
@@ -74,6 +77,7 @@ def markdown_table(results: list[dict], num: int) -> str:
         ship = r["shipped"] or {}
         fid10k = f"{ship['fid']:.2f}" if "fid" in ship else "—"
         is10k = f"{ship['is']:.2f}" if "is" in ship else "—"
-        lines.append(f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.1f} | {r['fid']:.1f} | {fid10k} | {is10k} |")
+        grid = f" (tuned t = {', '.join(f'{t:g}' for t in r['timesteps'])})" if r.get("timesteps") else ""
+        lines.append(f"| {r['sampler']}{grid} | {r['nfe']} | {r['seconds']:.1f} | {r['fid']:.1f} | {fid10k} | {is10k} |")
     lines.append(f"| real MNIST (data floor) | | | {floor['fid']:.1f} | {full['fid']:.2f} | {full['is']:.2f} |")
     return "\n".join(lines)

@@ -69,12 +69,14 @@ def reference_for(model: LoadedModel, name: str | None = None) -> Reference:
 
 def cache_key(model: LoadedModel, sampler: str, steps: int, spacing: str, options: dict, levels: int,
               timesteps=None) -> str:
-    """What decides the samples: the model file's bytes (size and mtime stand in), the sampler setup."""
+    """What decides the samples: the model file's bytes (size and mtime stand in), the sampler setup.
+    An explicit grid replaces the spacing (one grid given as --timesteps or stored as tuned is one key)."""
     stat = model.path.stat()
     what = {"model": str(model.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
             "sampler": sampler, "steps": steps, "spacing": spacing, "options": options, "levels": levels}
     if timesteps is not None:
         what["timesteps"] = [float(t) for t in timesteps]
+        del what["spacing"]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_into, load_tensors
+from .checkpoint import CheckpointError, load_into, load_tensors, read_config
 from .prediction import check_prediction
 from .schedule import NoiseSchedule
 
@@ -19,6 +19,8 @@ SHIPPED_DIR = pathlib.Path(__file__).parent / "assets" / "models"
 SHIPPED = {"mnist": "a DDPM on MNIST (28x28, eps, linear schedule, T = 1000)",
            "mnist-cm": "the MNIST DDPM distilled into a consistency model (sample with --sampler cm)"}
 DEFAULT_MODEL = "mnist"
+# config key of the step grids ``ddpmkit tune`` searched: {sampler: {steps: {"timesteps": [...], ...}}}
+TUNED_KEY = "tuned_timesteps"
 
 
 @dataclasses.dataclass
@@ -31,6 +33,26 @@ class LoadedModel:
     config: dict
     path: pathlib.Path
     eps_moment: np.ndarray | None = None  # Analytic-DPM's Gamma_t, when ``ddpmkit moments`` stored it
+
+    def tuned_grid(self, sampler: str, steps: int) -> list[float] | None:
+        """The step grid ``ddpmkit tune`` found for this sampler and step count, or None."""
+        entry = self.config.get(TUNED_KEY, {}).get(sampler, {}).get(str(steps))
+        return None if entry is None else [float(t) for t in entry["timesteps"]]
+
+    def plan_grid(self, sampler: str, steps: int, spacing: str | None) -> tuple[str, list[float] | None]:
+        """(spacing, explicit grid or None) for ``steps`` steps of ``sampler``. ``spacing`` None
+        means "tuned" where this model has a tuned grid for them and "trailing" otherwise;
+        "tuned" asks for the tuned grid and is an error without one."""
+        grid = self.tuned_grid(sampler, steps)
+        if spacing is None:
+            spacing = "tuned" if grid is not None else "trailing"
+        if spacing != "tuned":
+            return spacing, None
+        if grid is None:
+            have = sorted(int(k) for k in self.config.get(TUNED_KEY, {}).get(sampler, {}))
+            raise ValueError(f"spacing 'tuned': {self.path.name} has no tuned grid for {sampler} with {steps} steps "
+                             f"(it has one for steps: {', '.join(map(str, have)) or 'none'}; `ddpmkit tune` makes them)")
+        return spacing, grid
 
 
 def resolve(path: str | os.PathLike) -> pathlib.Path:
@@ -96,15 +118,28 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
                        file, moment)
 
 
+def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict) -> pathlib.Path:
+    """Rewrite a model file (atomically) with extra tensors and config entries."""
+    from .checkpoint import save_checkpoint
+
+    file = resolve(path)
+    stored, config = load_tensors(file)
+    config = {k: v for k, v in config.items() if k not in ("format", "version")}
+    config.update(update)
+    save_checkpoint(file, {**stored, **(tensors or {})}, config)
+    return file
+
+
 def store_eps_moment(path: str | os.PathLike, moment: np.ndarray, info: dict) -> pathlib.Path:
     """Add Analytic-DPM's Gamma_t table to a model file (rewritten atomically), so that
     ``variance="optimal"`` works from it. ``info`` (data set, sample count, ...) goes to its config."""
-    file = resolve(path)
-    tensors, config = load_tensors(file)
-    tensors["analytic.eps_moment"] = torch.as_tensor(np.asarray(moment, dtype=np.float64))
-    config = {k: v for k, v in config.items() if k not in ("format", "version")}
-    config["analytic"] = info
-    from .checkpoint import save_checkpoint
+    return _rewrite(path, {"analytic.eps_moment": torch.as_tensor(np.asarray(moment, dtype=np.float64))},
+                    {"analytic": info})
 
-    save_checkpoint(file, tensors, config)
-    return file
+
+def store_tuned_grids(path: str | os.PathLike, sampler: str, found: dict[int, dict]) -> pathlib.Path:
+    """Add the grids ``ddpmkit tune`` found ({steps: {"timesteps": [...], and how they were
+    measured}}) to a model file (rewritten atomically), merged with those it already holds."""
+    tuned = read_config(resolve(path)).get(TUNED_KEY, {})
+    tuned.setdefault(sampler, {}).update({str(k): v for k, v in found.items()})
+    return _rewrite(path, None, {TUNED_KEY: tuned})
