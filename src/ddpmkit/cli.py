@@ -12,7 +12,7 @@ import sys
 import torch
 
 from . import __version__
-from .machine import describe_machine
+from .machine import describe_machine, keep_freed_memory
 from .samplers import SAMPLERS, describe, sampler_options, steps_for_nfe
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
@@ -703,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # activations are reallocated at every network call: keep their pages mapped
     try:
         args.func(args)
     except ValueError as e:  # includes CheckpointError: one line, no traceback
