@@ -8,9 +8,9 @@ every candidate that keeps the grid strictly descending, the change is kept if i
 objective, and passes repeat until none does. Every grid is measured once (memoised).
 
 The first point is searched too: a one-step map is free to start below T, reading the starting
-noise x_T ~ N(0, I) as x_t of a timestep where the signal is still small. At t = 700 of the
-linear schedule sqrt(abar) = 0.09, so the starting distribution differs little from the model's
-marginal there, while an eps network's x0 estimate amplifies its error by 1/sqrt(abar) = 11
+noise x_T ~ N(0, I) as x_t of a timestep where the signal is still small. At t = 775 of the
+linear schedule sqrt(abar) = 0.047, so the starting distribution differs little from the model's
+marginal there, while an eps network's x0 estimate amplifies its error by 1/sqrt(abar) = 21
 instead of 157 at t = 999.
 
 ``ddpmkit tune`` runs the search with FID on samples from seeds disjoint from ``ddpmkit eval``'s
