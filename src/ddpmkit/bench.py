@@ -74,8 +74,7 @@ def run(model: LoadedModel, ref: Reference, specs: list[str], nfes: list[int], *
             else:
                 peak = peak_rss_mb()
             row = {"sampler": label, "spacing": used, "timesteps": grid, "nfe_budget": budget, "steps": steps,
-                   "nfe": info["nfe"],
-                   "num": num, "seconds_per_image": info["seconds"] / num,
+                   "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
                    "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
                    "peak_memory_mb": peak, **score(levels, ref)}
             rows.append(row)

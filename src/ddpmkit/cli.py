@@ -654,8 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For each step count, coordinate descent over descending grids of candidate "
                        "timesteps (each point in turn replaced by every candidate while that lowers FID, as Song et "
                        "al. 2023 chose their multistep consistency grids), measured on --num samples from seeds "
-                       "disjoint from eval's default ones. The grids found are stored in the model file (rewritten "
-                       "atomically); sample, eval, bench and demo then use them for that sampler and step count.")
+                       "disjoint from eval's default ones, with the sampler's default options. The grids found are stored in "
+                       "the model file (rewritten atomically); sample, eval, bench and demo then use them for that "
+                       "sampler and step count.")
     t.add_argument("--model", required=True, help="a model file, a training run's folder, or a shipped model's name")
     t.add_argument("--sampler", default="cm", help=f"one of: {', '.join(SAMPLERS)}")
     t.add_argument("--steps", default="1,2", help="comma-separated step counts to tune")

@@ -58,8 +58,7 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) 
         seconds = time.perf_counter() - start
         s = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False)
         results.append({"sampler": label, "model": name, "timesteps": grid, "nfe": info["nfe"], "seconds": seconds,
-                        "num": num,
-                        "fid": s["fid"], "is": s["is"], "classes": s["class_frequencies"],
+                        "num": num, "fid": s["fid"], "is": s["is"], "classes": s["class_frequencies"],
                         "shipped": shipped.get(label)})
         rows.append(x[:show])
         if not quiet:
