@@ -234,6 +234,17 @@ def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def positive_int_list(option: str, text: str) -> list[int]:
+    """A comma-separated list of integers >= 1 given to ``option`` (bench --nfe, tune --steps)."""
+    try:
+        values = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} {text!r} must list integers >= 1")
+    return values
+
+
 def timestep_list(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -315,6 +326,7 @@ def _read_init_noise(path: str, shape: tuple[int, ...]) -> torch.Tensor:
 
 def _cmd_sample(args) -> None:
     from .models import load_model
+    from .schedule import format_grid
 
     out = pathlib.Path(args.out)
     kind = _output_kind(out)
@@ -342,7 +354,7 @@ def _cmd_sample(args) -> None:
     if bar:
         bar.close()
     _write_samples(x, seeds, out, kind, model.data_range)
-    grid = f" at timesteps {', '.join(f'{t:g}' for t in args.grid)}" if args.grid else ""
+    grid = f" at timesteps {format_grid(args.grid)}" if args.grid else ""
     print(f"wrote {num} samples to {out} ({args.sampler}, {steps} steps{grid}, {info['nfe']} NFE per sample)")
 
 
@@ -483,12 +495,7 @@ def _cmd_bench(args) -> None:
     if args.preset and preset is None:
         raise ValueError(f"unknown preset {args.preset!r}; valid: {', '.join(bench.PRESETS)}")
     specs = preset["samplers"] if preset else split_specs(args.samplers)
-    try:
-        nfes = preset["nfe"] if preset else [int(n) for n in args.nfe.split(",") if n.strip()]
-    except ValueError:
-        raise ValueError(f"--nfe {args.nfe!r} is not a comma-separated list of integers") from None
-    if not nfes or min(nfes) < 1:
-        raise ValueError(f"--nfe {args.nfe!r} must list integers >= 1")
+    nfes = preset["nfe"] if preset else positive_int_list("--nfe", args.nfe)
     for spec in specs:
         bench.parse_sampler(spec)  # every spec is checked before any sampling is spent
     model = load_model(args.model, device=args.device)
@@ -515,16 +522,11 @@ def _cmd_bench(args) -> None:
 def _cmd_tune(args) -> None:
     from .evaluate import generate, reference_for, score
     from .models import load_model, store_tuned_grids
-    from .schedule import check_grid
+    from .schedule import check_grid, format_grid
     from .tune import search_grid
 
     sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
-    try:
-        steps_list = sorted({int(n) for n in args.steps.split(",") if n.strip()})
-    except ValueError:
-        raise ValueError(f"--steps {args.steps!r} is not a comma-separated list of integers") from None
-    if not steps_list or min(steps_list) < 1:
-        raise ValueError(f"--steps {args.steps!r} must list integers >= 1")
+    steps_list = sorted(set(positive_int_list("--steps", args.steps)))
     model = load_model(args.model, device=args.device)
     T = model.schedule.T
     cands = args.candidates if args.candidates is not None else model.schedule.grid(min(10, T), "trailing")
@@ -549,7 +551,7 @@ def _cmd_tune(args) -> None:
         grid, best, seen = search_grid(fid, cands, k, log=log)
         found[k] = {"timesteps": grid, "fid": best, "num": args.num, "seed": args.seed,
                     "feature_net": ref.info["card"].get("data", ""), "candidates": cands, "grids_measured": len(seen)}
-        print(f"{args.sampler}, {k} steps: timesteps {', '.join(f'{t:g}' for t in grid)} "
+        print(f"{args.sampler}, {k} steps: timesteps {format_grid(grid)} "
               f"(FID {best:.2f} on {args.num} samples; {len(seen)} grids measured)")
     file = store_tuned_grids(model.path, args.sampler, found)
     print(f"stored the tuned grids in {file}; sample, eval, bench and demo use them unless --spacing or "

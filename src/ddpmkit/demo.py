@@ -17,6 +17,7 @@ from .evaluate import floor_at, load_reference, score
 from .images import labelled_grid, save_image, to_levels
 from .models import SHIPPED_DIR, load_model
 from .sampling import sample
+from .schedule import format_grid
 
 # (label, model, sampler, steps, options, spacing); spacing None takes the model's tuned grid
 ROWS = [
@@ -76,7 +77,7 @@ def markdown_table(results: list[dict], num: int) -> str:
         ship = r["shipped"] or {}
         fid10k = f"{ship['fid']:.2f}" if "fid" in ship else "—"
         is10k = f"{ship['is']:.2f}" if "is" in ship else "—"
-        grid = f" (tuned t = {', '.join(f'{t:g}' for t in r['timesteps'])})" if r.get("timesteps") else ""
+        grid = f" (tuned t = {format_grid(r['timesteps'])})" if r.get("timesteps") else ""
         lines.append(f"| {r['sampler']}{grid} | {r['nfe']} | {r['seconds']:.1f} | {r['fid']:.1f} | {fid10k} | {is10k} |")
     lines.append(f"| real MNIST (data floor) | | | {floor['fid']:.1f} | {full['fid']:.2f} | {full['is']:.2f} |")
     return "\n".join(lines)

@@ -280,6 +280,11 @@ def make_grid(T: int, steps: int, spacing: str = "trailing", offset: int = 0) ->
     return grid.copy()
 
 
+def format_grid(grid) -> str:
+    """A step grid for people: "775, 450"."""
+    return ", ".join(f"{float(t):g}" for t in grid)
+
+
 def check_grid(grid, T: int) -> np.ndarray:
     """Validate a user-supplied grid: strictly descending timesteps inside [0, T-1]."""
     g = np.asarray(grid, dtype=np.float64).ravel()

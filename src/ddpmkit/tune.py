@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .schedule import format_grid
+
 
 def start_grid(candidates: Sequence[float], steps: int) -> list[float]:
     """``steps`` candidates spread evenly from the largest down (the trailing grid's shape)."""
@@ -49,7 +51,7 @@ def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Seq
         key = tuple(g)
         if key not in seen:
             seen[key] = float(objective(key))
-            log(f"  {', '.join(f'{t:g}' for t in key)}: {seen[key]:.3f}")
+            log(f"  {format_grid(key)}: {seen[key]:.3f}")
         return seen[key]
 
     best = measure(grid)
