@@ -180,6 +180,32 @@ def test_generate_resumes_from_its_chunks(run_dir, tmp_path):
     assert info["cached"] == 32 and np.array_equal(again, first)
 
 
+
+def test_cache_key_follows_the_model_bytes_not_its_path_or_mtime(run_dir, tmp_path):
+    """A copy of the model file elsewhere (another path and mtime, as on another machine) finds the
+    same cached chunks; other bytes behind the same size and mtime (rsync -t) do not."""
+    import os
+    import shutil
+
+    from ddpmkit.evaluate import cache_key
+    from ddpmkit.models import load_model
+
+    copy = tmp_path / "elsewhere" / "model.safetensors"
+    copy.parent.mkdir()
+    shutil.copyfile(pathlib.Path(run_dir) / "model.safetensors", copy)
+    args = ("ddim", 4, "trailing", {}, 16)
+    moved = load_model(copy)
+    assert cache_key(moved, *args) == cache_key(load_model(run_dir), *args)
+    before = cache_key(moved, *args)
+    st = copy.stat()
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1  # the last byte of the last tensor
+    copy.write_bytes(bytes(data))
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (copy.stat().st_size, copy.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert cache_key(moved, *args) != before
+    assert cache_key(moved, "ddim", 5, "trailing", {}, 16) != cache_key(moved, *args)
+
 def test_bench_writes_every_output(run_dir, tmp_path):
     import csv
     import json

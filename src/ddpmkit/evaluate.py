@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from . import metrics
 from .feature_net import ASSETS, load_feature_net, predict
-from .files import atomic_path
+from .files import atomic_path, file_digest
 from .images import from_levels, to_levels
 from .models import LoadedModel
 from .nets.classifier import FeatureClassifier
@@ -69,10 +69,11 @@ def reference_for(model: LoadedModel, name: str | None = None) -> Reference:
 
 def cache_key(model: LoadedModel, sampler: str, steps: int, spacing: str, options: dict, levels: int,
               timesteps=None) -> str:
-    """What decides the samples: the model file's bytes (size and mtime stand in), the sampler setup.
-    An explicit grid replaces the spacing (one grid given as --timesteps or stored as tuned is one key)."""
-    stat = model.path.stat()
-    what = {"model": str(model.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+    """What decides the samples: the model file's bytes (their SHA-256, so that a copy of the file on
+    another machine or path finds the same chunks, and a rewritten file never reads stale ones) and
+    the sampler setup. An explicit grid replaces the spacing (one grid given as --timesteps or stored
+    as tuned is one key)."""
+    what = {"model_sha256": file_digest(model.path),
             "sampler": sampler, "steps": steps, "spacing": spacing, "options": options, "levels": levels}
     if timesteps is not None:
         what["timesteps"] = [float(t) for t in timesteps]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -39,3 +41,21 @@ def _umask() -> int:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex). Memoised on the file's stat, ctime included (which no
+    user call can set back), so asking again for an unchanged file costs a stat and a rewritten
+    one is read afresh."""
+    path = pathlib.Path(path).resolve()
+    st = path.stat()
+    return _digest(str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, *stat) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
