@@ -164,6 +164,36 @@ def test_eval_reports_metrics_with_the_floor_and_resumes(run_dir, tmp_path):
     assert b["cached_samples"] == 40 and b["fid"] == a["fid"]
 
 
+
+def test_eval_measures_the_samples_that_clip_and_threshold_give(tmp_path):
+    """eval --clip / --threshold scores what sample --clip / --threshold draws (eval once ignored
+    both), and keeps each apart from plain samples in its cache and report. On the shipped MNIST
+    model, where 3 DDIM steps make x0 estimates outside [-1, 1] that clipping changes."""
+    import json
+
+    import torch
+
+    from ddpmkit.evaluate import load_reference
+    from ddpmkit.images import to_levels
+
+    num_levels = load_reference("mnist").levels
+    common = ["--model", "mnist", "--sampler", "ddim", "--steps", 3, "--num", 12, "--batch-size", 12, "--quiet"]
+    levels = {}
+    for name, extra, options in (("plain", [], {}), ("clip", ["--clip"], {"clip": True}),
+                                 ("threshold", ["--threshold", 0.9], {"threshold": 0.9})):
+        cache = tmp_path / f"cache-{name}"
+        r = ddpmkit("eval", *common, *extra, "--cache", cache, "--out", tmp_path / f"{name}.json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / f"{name}.json").read_text())["options"] == options
+        (chunk,) = cache.glob("*/*.npz")
+        levels[name] = np.load(chunk)["levels"].astype(int)
+        r = ddpmkit("sample", *common, *extra, "--out", tmp_path / f"{name}.npz")
+        assert r.returncode == 0, r.stderr
+        drawn = to_levels(torch.from_numpy(np.load(tmp_path / f"{name}.npz")["samples"]), num_levels, (-1.0, 1.0))
+        assert np.array_equal(levels[name], np.asarray(drawn, dtype=int)), name
+    assert not np.array_equal(levels["clip"], levels["plain"])
+    assert not np.array_equal(levels["threshold"], levels["clip"])
+
 def test_generate_resumes_from_its_chunks(run_dir, tmp_path):
     from ddpmkit.evaluate import generate
     from ddpmkit.models import load_model
@@ -236,6 +266,8 @@ def test_bench_specs_and_errors(run_dir, tmp_path, cli_error):
                                                                  {"order": 3, "variant": "bh1"}, "logsnr")
     assert PRESETS["ddim-table"]["nfe"] == [10, 20, 50, 100, 1000]
     assert [parse_sampler(s)[2] for s in PRESETS["ddim-table"]["samplers"]][:4] == [{"eta": e} for e in (0, 0.2, 0.5, 1)]
+    assert parse_sampler("ddpm:variance=large,clip=true")[2] == {"variance": "large", "clip": True}
+    assert parse_sampler("ddim:clip=false,threshold=0.99")[2] == {"threshold": 0.99}
     base = ["bench", "--model", run_dir, "--out", tmp_path / "b", "--quiet"]
     assert "is not KEY=VALUE with KEY one of: eta" in cli_error(*base, "--samplers", "ddim:beta=1")
     assert "unknown sampler 'plms'" in cli_error(*base, "--samplers", "plms")

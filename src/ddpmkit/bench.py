@@ -32,12 +32,17 @@ PRESETS = {
 }
 
 
+# the denoiser's options a spec may carry beside the sampler's, with the type of their values
+DENOISING = {"clip": False, "threshold": 0.995}
+
+
 def parse_sampler(spec: str) -> tuple[str, str, dict, str]:
-    """``name[@spacing][:key=value,...]`` -> (label, name, options, spacing). Values are parsed
-    as the option's default type."""
+    """``name[@spacing][:key=value,...]`` -> (label, name, options, spacing). Keys are the
+    sampler's options or the denoiser's ``clip`` and ``threshold``; values are parsed as the
+    option's default type."""
     head, _, opts = spec.partition(":")
     name, _, spacing = head.partition("@")
-    valid = sampler_options(name)
+    valid = sampler_options(name) | DENOISING
     options = {}
     for item in filter(None, opts.split(",")):
         key, eq, value = item.partition("=")
@@ -45,6 +50,8 @@ def parse_sampler(spec: str) -> tuple[str, str, dict, str]:
             raise ValueError(f"sampler spec {spec!r}: {item!r} is not KEY=VALUE with KEY one of: {', '.join(valid)}")
         default = valid[key]
         options[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+    if options.get("clip") is False:  # the default: one cache key for "clip=false" and no clip
+        del options["clip"]
     return spec, name, options, spacing or None  # None: the model's tuned grid where it has one, else trailing
 
 

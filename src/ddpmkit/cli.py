@@ -283,6 +283,13 @@ def _sampling_plan(args, model) -> tuple[dict, int]:
     return options, steps
 
 
+def _denoising(args) -> dict:
+    """--clip and --threshold, where given, as keyword arguments of ``sample`` (they change the
+    samples, so eval keeps them with the sampler options: in its cache key and its report)."""
+    given = {"clip": True} if args.clip else {}
+    return given | ({"threshold": args.threshold} if args.threshold is not None else {})
+
+
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
     """Where eval and bench take their feature network and keep their sample chunks."""
     p.add_argument("--feature-net", default=None, help="shipped feature network (default: the model's dataset)")
@@ -350,7 +357,7 @@ def _cmd_sample(args) -> None:
                prediction=model.prediction, shape=(num, *model.shape), seeds=seeds, init_noise=init,
                batch_size=args.batch_size, data_range=model.data_range, device=args.device,
                callback=(lambda *a: bar.update(1)) if bar else None,
-               clip=args.clip, threshold=args.threshold, eps_moment=model.eps_moment, return_info=True, **options)
+               eps_moment=model.eps_moment, return_info=True, **_denoising(args), **options)
     if bar:
         bar.close()
     _write_samples(x, seeds, out, kind, model.data_range)
@@ -401,6 +408,7 @@ def _cmd_eval(args) -> None:
     _output_kind(out.with_suffix(".npz"))  # the folder must be writable before any sampling is spent
     model = load_model(args.model, device=args.device)
     options, steps = _sampling_plan(args, model)
+    options |= _denoising(args)
     ref = reference_for(model, args.feature_net)
     inception = _inception_setup(args, model) if args.inception else None  # checked before sampling
     bar = None
@@ -637,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For every sampler and NFE: FID, IS, KID, precision, recall (with the data floor), "
                        "NFE, seconds per image, images/s and peak memory, as markdown, CSV and JSON; plots of FID "
                        "against NFE and wall time; a grid of the same seeds per sampler; DDPM vs DDIM trajectories. "
-                       "Sampler specs: NAME[@SPACING][:KEY=VALUE,...], e.g. ddim:eta=0.5 or dpmpp-2m@logsnr.")
+                       "Sampler specs: NAME[@SPACING][:KEY=VALUE,...] with KEY a sampler option or the denoiser's clip or "
+                       "threshold, e.g. ddim:eta=0.5, dpmpp-2m@logsnr or ddpm:clip=true.")
     b.add_argument("--model", default="mnist", help="a shipped model (mnist, mnist-cm), a checkpoint file, or a training run's folder")
     b.add_argument("--samplers", default="ddpm,ddim,dpmpp-2m@logsnr,unipc@logsnr", help="comma-separated sampler specs")
     b.add_argument("--nfe", default="5,10,20,50,100,1000", help="comma-separated NFE budgets")
