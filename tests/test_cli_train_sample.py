@@ -159,6 +159,7 @@ def test_eval_reports_metrics_with_the_floor_and_resumes(run_dir, tmp_path):
     assert a["nfe"] == 5 and a["num"] == 40 and a["cached_samples"] == 0
     assert {"fid", "is", "kid", "precision", "recall", "floor", "class_frequencies"} <= set(a)
     assert abs(sum(a["class_frequencies"]) - 1) < 1e-9 and a["floor"]["fid"] > 0
+    assert a["floor"]["n"] == 40 and f"| 40 | {a['floor']['fid']:.3f} |" in r.stdout  # the floor at 40 images
     r = ddpmkit(*args, "--out", tmp_path / "b.json")
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["cached_samples"] == 40 and b["fid"] == a["fid"]

@@ -242,3 +242,15 @@ def test_floor_at_small_sizes_is_biased_upwards():
     assert 9.0 < floors[2]["is"] < 10.0
     with pytest.raises(ValueError, match="cannot give the floor at n=2001"):
         floor_at(ref, 2001)
+
+
+def test_evaluations_read_against_the_floor_at_their_own_size():
+    """eval and bench show the floor at their sample size where the shipped floor images reach
+    (2000 for MNIST), with precision and recall; past that, the shipped 10k floor."""
+    from ddpmkit.evaluate import floor_at, floor_for, load_reference
+
+    ref = load_reference("mnist")
+    small = floor_for(ref, 500)
+    assert small["n"] == 500 and small["fid"] == pytest.approx(floor_at(ref, 500)["fid"])
+    assert small["fid"] > ref.info["floor"]["fid"] and 0.5 < small["precision"] <= 1 and 0.5 < small["recall"] <= 1
+    assert floor_for(ref, 5000) == floor_for(ref, 10000) == ref.info["floor"]

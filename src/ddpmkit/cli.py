@@ -398,7 +398,7 @@ def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_ra
 def _cmd_eval(args) -> None:
     import json
 
-    from .evaluate import generate, reference_for, score
+    from .evaluate import floor_for, generate, reference_for, score
     from .files import write_text
     from .models import load_model
 
@@ -427,11 +427,11 @@ def _cmd_eval(args) -> None:
               "spacing": args.spacing, "timesteps": args.grid, "options": options, "nfe": info["nfe"],
               "num": args.num, "seed": args.seed,
               "seconds_per_image": info["seconds"] / args.num, **score(levels, ref),
-              "floor": ref.info["floor"], "reference": ref.info["reference"], "cached_samples": info["cached"]}
+              "floor": floor_for(ref, args.num), "reference": ref.info["reference"], "cached_samples": info["cached"]}
     if inception is not None:
         result["inception"] = _inception_scores(inception, levels, ref.levels, args)
     write_text(out, json.dumps(result, indent=1) + "\n")
-    fl = ref.info["floor"]
+    fl = result["floor"]
     print("| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.sampler} | {info['nfe']} | {args.num} | {result['fid']:.3f} | {result['is']:.2f} | "
           f"{result['kid']:.4f} | {result['precision']:.3f} | {result['recall']:.3f} | {result['seconds_per_image']:.4f} |")
@@ -492,7 +492,7 @@ def split_specs(text: str) -> list[str]:
 
 def _cmd_bench(args) -> None:
     from . import bench
-    from .evaluate import reference_for
+    from .evaluate import floor_for, reference_for
     from .models import load_model
 
     out = pathlib.Path(args.out)
@@ -517,12 +517,13 @@ def _cmd_bench(args) -> None:
     header = (f"# Sampler benchmark\n\n`{command}` — model {model.path} (step {model.config.get('step')}), "
               f"{args.num} samples per row from seeds {args.seed}.., metrics with the shipped "
               f"'{ref.info['card'].get('data', '')}' feature network against {ref.info['reference']}; {machine}.")
-    bench.write_tables(rows, ref.info["floor"], out, header)
+    floor = floor_for(ref, args.num)
+    bench.write_tables(rows, floor, out, header)
     if rows:
-        bench.plot(rows, ref.info["floor"], out)
+        bench.plot(rows, floor, out)
         bench.sample_grids(model, rows, out, args.seed)
     bench.trajectories(model, out, args.seed)
-    print(bench.markdown(rows, ref.info["floor"], "").strip())
+    print(bench.markdown(rows, floor, "").strip())
     print(f"wrote {out}/bench.md, bench.csv, bench.json, fid.png, samples.png, trajectories.png")
 
 

@@ -148,6 +148,18 @@ def floor_at(ref: Reference, n: int) -> dict:
             "is": is_mean}
 
 
+
+def floor_for(ref: Reference, n: int) -> dict:
+    """The data floor to read an n-sample evaluation against: at n itself (precision and recall
+    included) where the shipped floor images reach, so that FID's small-sample bias is on both
+    sides; else the shipped floor at its own size. Its ``n`` says which."""
+    full = ref.info["floor"]
+    if n >= full["n"] or ref.floor_features is None or n > len(ref.floor_features):
+        return full
+    floor = floor_at(ref, n)
+    floor["precision"], floor["recall"] = metrics.precision_recall(ref.features, torch.from_numpy(ref.floor_features[:n]))
+    return floor
+
 def score_samples(x: torch.Tensor, reference: str = "mnist", data_range=(-1.0, 1.0)) -> dict:
     """All metrics for an array of samples (N, C, H, W) in ``data_range``: quantised to the
     reference data's grey levels, then ``score`` against the shipped reference ``mnist`` or ``digits``."""
