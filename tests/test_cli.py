@@ -61,4 +61,5 @@ def test_main_job_samples_the_shipped_models(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "m.md").read_text()
     assert "| unipc 20 | 20 |" in table and "| ddpm 20 | 20 |" in table and "| real MNIST (data floor) |" in table
+    assert "| dpmpp-2m-sde 20 | 20 |" in table
     assert "15.56" in table  # the shipped 10k FID of UniPC at 20 NFE, beside the one measured now

@@ -24,6 +24,7 @@ ROWS = [
     ("ddim 10", "mnist", "ddim", 10, {}, "trailing"),
     ("unipc 10", "mnist", "unipc", 10, {}, "logsnr"),
     ("unipc 20", "mnist", "unipc", 20, {}, "logsnr"),
+    ("dpmpp-2m-sde 20", "mnist", "dpmpp-2m-sde", 20, {}, "logsnr"),
     ("ddpm 20", "mnist", "ddpm", 20, {}, "trailing"),
     ("cm 1", "mnist-cm", "cm", 1, {}, None),
     ("cm 2", "mnist-cm", "cm", 2, {}, None),
