@@ -3,7 +3,7 @@
     python tools/ship_results.py BENCH_OR_EVAL.json [...]
 
 Each file is a ``ddpmkit bench`` bench.json or a ``ddpmkit eval`` JSON; every row becomes an entry
-keyed like the demo's rows ("unipc 20", "cm 1"), so ``ddpmkit demo`` can print the shipped 10k
+keyed like the demo's rows ("unipc 20", "cm 1"; "ddim:eta=0.5 20" with sampler options), so ``ddpmkit demo`` can print the shipped 10k
 numbers beside what it measures now. Existing entries are kept unless a file measures them again.
 """
 
@@ -25,8 +25,11 @@ def rows_of(path: pathlib.Path) -> list[dict]:
 
 
 def label(row: dict) -> str:
-    name = row["sampler"].split("@")[0].split(":")[0]
-    return f"{name} {row['nfe']}"
+    """"ddim 20" for a sampler at its defaults, "ddim:eta=0.5 20" with options (a bench row carries
+    them in its spec, an eval row in ``options``), so that no row overwrites another's entry."""
+    head, _, opts = row["sampler"].partition(":")
+    opts = opts or ",".join(f"{k}={v}" for k, v in sorted(row.get("options", {}).items()))
+    return f"{head.split('@')[0]}{':' + opts if opts else ''} {row['nfe']}"
 
 
 def main(paths: list[str]) -> int:
