@@ -165,7 +165,6 @@ def test_eval_reports_metrics_with_the_floor_and_resumes(run_dir, tmp_path):
     assert b["cached_samples"] == 40 and b["fid"] == a["fid"]
 
 
-
 def test_eval_measures_the_samples_that_clip_and_threshold_give(tmp_path):
     """eval --clip / --threshold scores what sample --clip / --threshold draws (eval once ignored
     both), and keeps each apart from plain samples in its cache and report. On the shipped MNIST
@@ -195,6 +194,7 @@ def test_eval_measures_the_samples_that_clip_and_threshold_give(tmp_path):
     assert not np.array_equal(levels["clip"], levels["plain"])
     assert not np.array_equal(levels["threshold"], levels["clip"])
 
+
 def test_generate_resumes_from_its_chunks(run_dir, tmp_path):
     from ddpmkit.evaluate import generate
     from ddpmkit.models import load_model
@@ -209,7 +209,6 @@ def test_generate_resumes_from_its_chunks(run_dir, tmp_path):
     chunks[1].unlink()  # as if interrupted while making the middle chunk
     again, info = generate(model, **kw)
     assert info["cached"] == 32 and np.array_equal(again, first)
-
 
 
 def test_cache_key_follows_the_model_bytes_not_its_path_or_mtime(run_dir, tmp_path):
@@ -236,6 +235,7 @@ def test_cache_key_follows_the_model_bytes_not_its_path_or_mtime(run_dir, tmp_pa
     assert (copy.stat().st_size, copy.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     assert cache_key(moved, *args) != before
     assert cache_key(moved, "ddim", 5, "trailing", {}, 16) != cache_key(moved, *args)
+
 
 def test_bench_writes_every_output(run_dir, tmp_path):
     import csv

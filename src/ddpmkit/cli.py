@@ -286,8 +286,12 @@ def _sampling_plan(args, model) -> tuple[dict, int]:
 def _denoising(args) -> dict:
     """--clip and --threshold, where given, as keyword arguments of ``sample`` (they change the
     samples, so eval keeps them with the sampler options: in its cache key and its report)."""
-    given = {"clip": True} if args.clip else {}
-    return given | ({"threshold": args.threshold} if args.threshold is not None else {})
+    given = {}
+    if args.clip:
+        given["clip"] = True
+    if args.threshold is not None:
+        given["threshold"] = args.threshold
+    return given
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:

@@ -148,7 +148,6 @@ def floor_at(ref: Reference, n: int) -> dict:
             "is": is_mean}
 
 
-
 def floor_for(ref: Reference, n: int) -> dict:
     """The data floor to read an n-sample evaluation against: at n itself (precision and recall
     included) where the shipped floor images reach, so that FID's small-sample bias is on both
@@ -159,6 +158,7 @@ def floor_for(ref: Reference, n: int) -> dict:
     floor = floor_at(ref, n)
     floor["precision"], floor["recall"] = metrics.precision_recall(ref.features, torch.from_numpy(ref.floor_features[:n]))
     return floor
+
 
 def score_samples(x: torch.Tensor, reference: str = "mnist", data_range=(-1.0, 1.0)) -> dict:
     """All metrics for an array of samples (N, C, H, W) in ``data_range``: quantised to the
