@@ -157,7 +157,8 @@ def test_eval_reports_metrics_with_the_floor_and_resumes(run_dir, tmp_path):
     assert "data floor" in r.stdout and "class frequencies" in r.stdout
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["nfe"] == 5 and a["num"] == 40 and a["cached_samples"] == 0
-    assert {"fid", "is", "kid", "precision", "recall", "floor", "class_frequencies"} <= set(a)
+    assert {"fid", "fid_se", "is", "kid", "precision", "recall", "floor", "class_frequencies"} <= set(a)
+    assert 0 < a["fid_se"] < a["fid"] and f"{a['fid']:.3f} ± {a['fid_se']:.2f}" in r.stdout
     assert abs(sum(a["class_frequencies"]) - 1) < 1e-9 and a["floor"]["fid"] > 0
     assert a["floor"]["n"] == 40 and f"| 40 | {a['floor']['fid']:.3f} |" in r.stdout  # the floor at 40 images
     r = ddpmkit(*args, "--out", tmp_path / "b.json")
@@ -251,6 +252,7 @@ def test_bench_writes_every_output(run_dir, tmp_path):
     assert [(r["sampler"], r["nfe"]) for r in rows] == [
         ("ddim", "3"), ("ddim", "5"), ("ddpm:variance=large", "3"), ("ddpm:variance=large", "5"),
         ("unipc@logsnr:order=3,variant=bh1", "3"), ("unipc@logsnr:order=3,variant=bh1", "5")]
+    assert all(0 < float(r["fid_se"]) < float(r["fid"]) for r in rows)
     result = json.loads((out / "bench.json").read_text())
     assert result["floor"]["fid"] > 0 and all(r["images_per_s"] > 0 for r in result["rows"])
     assert "data floor" in (out / "bench.md").read_text()

@@ -16,7 +16,7 @@ import sys
 from ddpmkit.files import write_text
 from ddpmkit.models import SHIPPED_DIR
 
-KEEP = ("fid", "is", "kid", "precision", "recall", "class_frequencies", "nfe", "num", "seconds_per_image")
+KEEP = ("fid", "fid_se", "is", "kid", "precision", "recall", "class_frequencies", "nfe", "num", "seconds_per_image")
 
 
 def rows_of(path: pathlib.Path) -> list[dict]:

@@ -90,8 +90,8 @@ def run(model: LoadedModel, ref: Reference, specs: list[str], nfes: list[int], *
     return rows
 
 
-COLUMNS = ["sampler", "spacing", "nfe", "fid", "is", "kid", "precision", "recall", "seconds_per_image", "images_per_s",
-           "peak_memory_mb"]
+COLUMNS = ["sampler", "spacing", "nfe", "fid", "fid_se", "is", "kid", "precision", "recall", "seconds_per_image",
+           "images_per_s", "peak_memory_mb"]
 
 
 def markdown(rows: list[dict], floor: dict, header: str) -> str:
@@ -99,9 +99,9 @@ def markdown(rows: list[dict], floor: dict, header: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "—"
-        lines.append(f"| {r['sampler']} | {r['spacing']} | {r['nfe']} | {r['fid']:.3f} | {r['is']:.2f} | "
-                     f"{r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_image']:.4f} | "
-                     f"{ips} | {r['peak_memory_mb']:.0f} |")
+        lines.append(f"| {r['sampler']} | {r['spacing']} | {r['nfe']} | {r['fid']:.3f} ± {r['fid_se']:.2f} | "
+                     f"{r['is']:.2f} | {r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['seconds_per_image']:.4f} | {ips} | {r['peak_memory_mb']:.0f} |")
     lines.append(f"| data floor ({floor['n']} real vs reference) | | | {floor['fid']:.3f} | {floor['is']:.2f} | "
                  f"{floor['kid']:.4f} | {floor['precision']:.3f} | {floor['recall']:.3f} | | | |")
     return "\n".join(lines) + "\n"
@@ -126,8 +126,9 @@ def plot(rows: list[dict], floor: dict, out: pathlib.Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label in dict.fromkeys(r["sampler"] for r in rows):
         mine = [r for r in rows if r["sampler"] == label]
-        axes[0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], "o-", label=label)
-        axes[1].plot([r["seconds_per_image"] for r in mine], [r["fid"] for r in mine], "o-", label=label)
+        fid, se = [r["fid"] for r in mine], [r["fid_se"] for r in mine]
+        axes[0].errorbar([r["nfe"] for r in mine], fid, yerr=se, fmt="o-", capsize=2, label=label)
+        axes[1].errorbar([r["seconds_per_image"] for r in mine], fid, yerr=se, fmt="o-", capsize=2, label=label)
     for ax, xlabel in zip(axes, ("network evaluations (NFE)", "seconds per image")):
         ax.axhline(floor["fid"], color="grey", ls="--", lw=1, label="data floor")
         ax.set_xscale("log")

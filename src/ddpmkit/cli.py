@@ -437,11 +437,13 @@ def _cmd_eval(args) -> None:
     write_text(out, json.dumps(result, indent=1) + "\n")
     fl = result["floor"]
     print("| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.sampler} | {info['nfe']} | {args.num} | {result['fid']:.3f} | {result['is']:.2f} | "
+    print(f"| {args.sampler} | {info['nfe']} | {args.num} | {result['fid']:.3f} ± {result['fid_se']:.2f} | "
+          f"{result['is']:.2f} | "
           f"{result['kid']:.4f} | {result['precision']:.3f} | {result['recall']:.3f} | {result['seconds_per_image']:.4f} |")
     print(f"| data floor ({ref.info['reference']}) | | {fl['n']} | {fl['fid']:.3f} | {fl['is']:.2f} | "
           f"{fl['kid']:.4f} | {fl['precision']:.3f} | {fl['recall']:.3f} | |")
     freq = " ".join(f"{100 * f:.1f}" for f in result["class_frequencies"])
+    print("FID ± its bootstrap standard error over the samples")
     print(f"class frequencies (%, by the feature network): {freq}")
     if inception is not None:
         inc = result["inception"]
@@ -520,7 +522,8 @@ def _cmd_bench(args) -> None:
     command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     header = (f"# Sampler benchmark\n\n`{command}` — model {model.path} (step {model.config.get('step')}), "
               f"{args.num} samples per row from seeds {args.seed}.., metrics with the shipped "
-              f"'{ref.info['card'].get('data', '')}' feature network against {ref.info['reference']}; {machine}.")
+              f"'{ref.info['card'].get('data', '')}' feature network against {ref.info['reference']}; {machine}. "
+              f"FID ± its bootstrap standard error over the samples (the reference held fixed).")
     floor = floor_for(ref, args.num)
     bench.write_tables(rows, floor, out, header)
     if rows:

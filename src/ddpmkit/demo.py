@@ -60,11 +60,13 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) 
         seconds = time.perf_counter() - start
         s = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False)
         results.append({"sampler": label, "model": name, "timesteps": grid, "nfe": info["nfe"], "seconds": seconds,
-                        "num": num, "fid": s["fid"], "is": s["is"], "classes": s["class_frequencies"],
+                        "num": num, "fid": s["fid"], "fid_se": s["fid_se"], "is": s["is"],
+                        "classes": s["class_frequencies"],
                         "shipped": shipped.get(label)})
         rows.append(x[:show])
         if not quiet:
-            print(f"  {label:<10} {info['nfe']:>3} NFE  {seconds:6.1f} s  FID({num}) {s['fid']:.1f}", flush=True)
+            print(f"  {label:<10} {info['nfe']:>3} NFE  {seconds:6.1f} s  "
+                  f"FID({num}) {s['fid']:.1f} ± {s['fid_se']:.1f}", flush=True)
     save_image(labelled_grid(rows, [r["sampler"] for r in results], scale=2), out_png)
     return results
 
@@ -79,6 +81,7 @@ def markdown_table(results: list[dict], num: int) -> str:
         fid10k = f"{ship['fid']:.2f}" if "fid" in ship else "—"
         is10k = f"{ship['is']:.2f}" if "is" in ship else "—"
         grid = f" (tuned t = {format_grid(r['timesteps'])})" if r.get("timesteps") else ""
-        lines.append(f"| {r['sampler']}{grid} | {r['nfe']} | {r['seconds']:.1f} | {r['fid']:.1f} | {fid10k} | {is10k} |")
+        lines.append(f"| {r['sampler']}{grid} | {r['nfe']} | {r['seconds']:.1f} | "
+                     f"{r['fid']:.1f} ± {r['fid_se']:.1f} | {fid10k} | {is10k} |")
     lines.append(f"| real MNIST (data floor) | | | {floor['fid']:.1f} | {full['fid']:.2f} | {full['is']:.2f} |")
     return "\n".join(lines)

@@ -118,15 +118,16 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
 
 
 def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True) -> dict:
-    """FID, IS, KID, precision/recall (unless turned off: the reference's k-NN radii cost seconds
-    on a CPU) against the reference, and the class frequencies."""
+    """FID with its bootstrap standard error, IS, KID, precision/recall (unless turned off: the
+    reference's k-NN radii cost seconds on a CPU) against the reference, and the class frequencies."""
     x = from_levels(levels_array, ref.levels)
     feats, probs = predict(ref.net, x)
     mu, sigma = metrics.feature_statistics(feats)
     is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(x)))
     kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
     freq = np.bincount(probs.argmax(1).numpy(), minlength=num_classes) / len(x)
-    out = {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
+    out = {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma),
+           "fid_se": metrics.fid_standard_error(feats, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
            "kid": kid, "kid_std": kid_std, "class_frequencies": freq.tolist()}
     if precision_recall:
         out["precision"], out["recall"] = metrics.precision_recall(ref.features, feats)

@@ -4,6 +4,7 @@ Every function accepts numpy arrays or torch tensors and works in float64 throug
 
 - FID: Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
   Equilibrium" (the Frechet distance between Gaussians fitted to the features).
+- FID's standard error: Efron's bootstrap (Efron & Tibshirani 1993, Ch. 6) over the samples.
 - IS: Salimans et al. 2016, "Improved Techniques for Training GANs", Sec. 4.
 - KID: Binkowski et al. 2018, "Demystifying MMD GANs" (unbiased MMD^2 of Gretton et al. 2012, cubic kernel).
 - Precision / recall: Kynkaanniemi et al. 2019, "Improved Precision and Recall Metric for Assessing
@@ -103,6 +104,30 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def fid_standard_error(features, mu_ref, sigma_ref, resamples: int = 100, seed: int = 0) -> float:
+    """Bootstrap standard error of the FID of ``features`` (N, d) against a fixed reference
+    N(mu_ref, sigma_ref) (Efron & Tibshirani 1993, Ch. 6: the standard deviation, ddof=1, of the
+    statistic over ``resamples`` resamples of the N rows with replacement, drawn by
+    ``numpy.random.default_rng(seed)``).
+
+    The reference is held fixed because rows of one table share it: its own noise shifts every row
+    alike. A resample repeats rows, which biases FID upwards, so only the spread is used, never the
+    resampled values. Each resample's mean and covariance come from the rows' multiplicities, so no
+    resampled copy of the features is made."""
+    x = _features(features)
+    n = x.shape[0]
+    if n < 2 or resamples < 2:
+        raise ValueError(f"need at least 2 samples and 2 resamples, got {n} samples and resamples={resamples}")
+    rng = np.random.default_rng(seed)
+    fids = []
+    for _ in range(resamples):
+        counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        mu = counts @ x / n
+        xc = x - mu
+        fids.append(frechet_distance(mu, (xc.T * counts) @ xc / (n - 1), mu_ref, sigma_ref))
+    return float(np.std(fids, ddof=1))
 
 
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:
