@@ -6,6 +6,7 @@ import torch
 from ddpmkit.metrics import (
     RunningStatistics,
     feature_statistics,
+    fid_difference_standard_error,
     fid_standard_error,
     frechet_distance,
     inception_score,
@@ -114,6 +115,35 @@ def test_fid_standard_error_matches_the_spread_over_independent_sample_sets():
     big = [fid_standard_error(rng.multivariate_normal(mu_gen, s_gen, size=4 * n), mu_ref, s_ref, seed=i)
            for i in range(6)]
     assert 0.4 < np.mean(big) / np.mean(estimates) < 0.6
+
+
+def test_paired_fid_difference_error_matches_the_spread_over_independent_pairs():
+    # Two "samplers" on the same seeds: y is x moved a little, so their FIDs share most of their
+    # noise. Oracle: the spread of FID(x) - FID(y) over many independent pairs of sets.
+    rng = np.random.default_rng(21)
+    d, n = 8, 400
+    s_ref = random_spd(rng, d)
+    mu_ref, mu_gen, s_gen = np.zeros(d), np.full(d, 0.3), 1.5 * s_ref
+
+    def pair():
+        x = rng.multivariate_normal(mu_gen, s_gen, size=n)
+        return x, x + 0.5 * rng.standard_normal((n, d)) + 0.2
+
+    def fid(x):
+        return frechet_distance(*feature_statistics(x), mu_ref, s_ref)
+
+    true_se = np.std([fid(x) - fid(y) for x, y in (pair() for _ in range(400))], ddof=1)
+    paired, unpaired = [], []
+    for i in range(20):
+        x, y = pair()
+        paired.append(fid_difference_standard_error(x, y, mu_ref, s_ref, seed=i))
+        unpaired.append(np.hypot(fid_standard_error(x, mu_ref, s_ref, seed=i),
+                                 fid_standard_error(y, mu_ref, s_ref, seed=i)))
+    assert 0.8 < np.mean(paired) / true_se < 1.25
+    assert np.mean(unpaired) > 3 * true_se  # what pairing buys here: the shared noise cancels
+    assert fid_difference_standard_error(x, x, mu_ref, s_ref) == 0
+    with pytest.raises(ValueError, match=r"same shape, got \(400, 8\) and \(399, 8\)"):
+        fid_difference_standard_error(x, y[1:], mu_ref, s_ref)
 
 
 def test_fid_standard_error_equals_the_spread_over_explicit_resamples():

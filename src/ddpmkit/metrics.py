@@ -106,28 +106,47 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
-def fid_standard_error(features, mu_ref, sigma_ref, resamples: int = 100, seed: int = 0) -> float:
-    """Bootstrap standard error of the FID of ``features`` (N, d) against a fixed reference
-    N(mu_ref, sigma_ref) (Efron & Tibshirani 1993, Ch. 6: the standard deviation, ddof=1, of the
-    statistic over ``resamples`` resamples of the N rows with replacement, drawn by
-    ``numpy.random.default_rng(seed)``).
-
-    The reference is held fixed because rows of one table share it: its own noise shifts every row
-    alike. A resample repeats rows, which biases FID upwards, so only the spread is used, never the
-    resampled values. Each resample's mean and covariance come from the rows' multiplicities, so no
-    resampled copy of the features is made."""
-    x = _features(features)
-    n = x.shape[0]
+def _bootstrap_fids(feature_sets: list[np.ndarray], mu_ref, sigma_ref, resamples: int, seed: int) -> np.ndarray:
+    """FIDs of ``resamples`` bootstrap resamples (rows drawn with replacement by
+    ``numpy.random.default_rng(seed)``), shape (resamples, len(feature_sets)). All sets are resampled
+    with the same row indices, so that rows i of every set (the same seed through other samplers) stay
+    together. Each resample's mean and covariance come from the rows' multiplicities, so no resampled
+    copy of the features is made."""
+    n = feature_sets[0].shape[0]
     if n < 2 or resamples < 2:
         raise ValueError(f"need at least 2 samples and 2 resamples, got {n} samples and resamples={resamples}")
     rng = np.random.default_rng(seed)
-    fids = []
-    for _ in range(resamples):
+    fids = np.empty((resamples, len(feature_sets)))
+    for r in range(resamples):
         counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        mu = counts @ x / n
-        xc = x - mu
-        fids.append(frechet_distance(mu, (xc.T * counts) @ xc / (n - 1), mu_ref, sigma_ref))
-    return float(np.std(fids, ddof=1))
+        for j, x in enumerate(feature_sets):
+            mu = counts @ x / n
+            xc = x - mu
+            fids[r, j] = frechet_distance(mu, (xc.T * counts) @ xc / (n - 1), mu_ref, sigma_ref)
+    return fids
+
+
+def fid_standard_error(features, mu_ref, sigma_ref, resamples: int = 100, seed: int = 0) -> float:
+    """Bootstrap standard error of the FID of ``features`` (N, d) against a fixed reference
+    N(mu_ref, sigma_ref) (Efron & Tibshirani 1993, Ch. 6: the standard deviation, ddof=1, of the
+    statistic over ``resamples`` resamples of the N rows with replacement).
+
+    The reference is held fixed because rows of one table share it: its own noise shifts every row
+    alike. A resample repeats rows, which biases FID upwards, so only the spread is used, never the
+    resampled values."""
+    return float(np.std(_bootstrap_fids([_features(features)], mu_ref, sigma_ref, resamples, seed), ddof=1))
+
+
+def fid_difference_standard_error(features_a, features_b, mu_ref, sigma_ref, resamples: int = 100,
+                                  seed: int = 0) -> float:
+    """Paired bootstrap standard error of FID(a) - FID(b) against a fixed reference, for two sample
+    sets whose row i comes from the same seed (two samplers on the same starting noise): both are
+    resampled with the same rows, so what the seeds share cancels in the difference."""
+    a, b = _features(features_a, "features_a"), _features(features_b, "features_b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired sets must have the same shape, got {a.shape} and {b.shape}")
+    fids = _bootstrap_fids([a, b], mu_ref, sigma_ref, resamples, seed)
+    return float(np.std(fids[:, 0] - fids[:, 1], ddof=1))
 
 
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:

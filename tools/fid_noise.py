@@ -1,0 +1,125 @@
+"""How noisy is FID on the shipped MNIST feature network? Writes fid-noise.json and fid-noise.md.
+
+    python tools/fid_noise.py --out docs/bench-mnist EVAL.json [EVAL.json ...] [--data-dir ../shared/data/mnist]
+
+Each EVAL.json is a ``ddpmkit eval`` report whose samples are in the cache (``--cache``); nothing is
+sampled here. For every report: its FID with the bootstrap standard error, and the FIDs of its
+disjoint 2000-seed blocks with the bootstrap error at 2000. For every pair of reports: the FID
+difference on the same seeds with its paired bootstrap error. With ``--data-dir``: the spread of the
+FID of real training images in disjoint random subsets of 2000 and 10,000 (the data floor's noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+
+from ddpmkit import metrics
+from ddpmkit.data import load_dataset
+from ddpmkit.evaluate import cache_key, generate, load_reference
+from ddpmkit.feature_net import predict
+from ddpmkit.files import write_text
+from ddpmkit.images import from_levels
+from ddpmkit.models import load_model
+
+BLOCK = 2000
+
+
+def cached_features(report: dict, ref, cache: pathlib.Path) -> torch.Tensor:
+    """The features of an eval report's samples, read from the cache (refused if any chunk is missing)."""
+    model = load_model(report["model"])
+    steps = report["steps"]
+    folder = cache / cache_key(model, report["sampler"], steps, report["spacing"], report["options"], ref.levels,
+                               report["timesteps"])
+    chunks = [folder / f"seeds-{first:09d}-{min(500, report['seed'] + report['num'] - first):05d}.npz"
+              for first in range(report["seed"], report["seed"] + report["num"], 500)]
+    missing = [c.name for c in chunks if not c.exists()]
+    if missing:
+        raise SystemExit(f"{len(missing)} sample chunks of {report['sampler']} {report['steps']} are not in {folder}; "
+                         f"run its ddpmkit eval command first")
+    levels, _ = generate(model, sampler=report["sampler"], steps=steps, spacing=report["spacing"],
+                         options=report["options"], timesteps=report["timesteps"], num=report["num"],
+                         seed=report["seed"], levels=ref.levels, cache_dir=cache)
+    return predict(ref.net, from_levels(levels, ref.levels))[0]
+
+
+def fid(feats, ref) -> float:
+    return metrics.frechet_distance(*metrics.feature_statistics(feats), ref.mu, ref.sigma)
+
+
+def label(report: dict) -> str:
+    opts = ",".join(f"{k}={v}" for k, v in sorted(report["options"].items()))
+    return f"{report['sampler']}{':' + opts if opts else ''} {report['nfe']}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("reports", nargs="+", help="ddpmkit eval JSON reports with cached samples")
+    p.add_argument("--out", required=True, help="folder for fid-noise.json and fid-noise.md")
+    p.add_argument("--cache", default=".ddpmkit-cache")
+    p.add_argument("--data-dir", help="MNIST idx folder, for the real-data spread")
+    p.add_argument("--resamples", type=int, default=100)
+    args = p.parse_args(argv)
+    ref = load_reference("mnist")
+    rows, feats = [], {}
+    for path in args.reports:
+        report = json.loads(pathlib.Path(path).read_text())
+        f = cached_features(report, ref, pathlib.Path(args.cache))
+        name = label(report)
+        feats[name] = f
+        blocks = [fid(f[b:b + BLOCK], ref) for b in range(0, len(f) - BLOCK + 1, BLOCK)]
+        rows.append({"sampler": name, "num": len(f), "fid": fid(f, ref),
+                     "fid_se": metrics.fid_standard_error(f, ref.mu, ref.sigma, args.resamples),
+                     "block_fids": blocks,
+                     "block_fid_se": metrics.fid_standard_error(f[:BLOCK], ref.mu, ref.sigma, args.resamples)})
+        print(f"{name}: FID {rows[-1]['fid']:.2f} ± {rows[-1]['fid_se']:.2f}", flush=True)
+    pairs = [{"a": a, "b": b, "difference": fid(feats[a], ref) - fid(feats[b], ref),
+              "paired_se": metrics.fid_difference_standard_error(feats[a], feats[b], ref.mu, ref.sigma,
+                                                                 args.resamples)}
+             for a, b in itertools.combinations(feats, 2) if len(feats[a]) == len(feats[b])]
+    real = None
+    if args.data_dir:
+        images = load_dataset("mnist", args.data_dir, split="train").images
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))[:30000]
+        f = predict(ref.net, from_levels(images[order].numpy(), ref.levels))[0]
+        real = {n: [fid(f[b:b + n], ref) for b in range(0, len(f), n)] for n in (BLOCK, 10000)}
+    result = {"reference": ref.info["reference"], "resamples": args.resamples, "rows": rows, "pairs": pairs,
+              "real_subsets": real, "floor": ref.info["floor"]["fid"]}
+    out = pathlib.Path(args.out)
+    write_text(out / "fid-noise.json", json.dumps(result, indent=1) + "\n")
+    write_text(out / "fid-noise.md", markdown(result, " ".join(["python tools/fid_noise.py", *sys.argv[1:]])))
+    print(f"wrote {out}/fid-noise.json and fid-noise.md")
+    return 0
+
+
+def markdown(result: dict, command: str) -> str:
+    lines = ["# How noisy is FID here?", "", f"`{command}` — against the {result['reference']}, with the shipped "
+             f"MNIST feature network; ± is the bootstrap standard error ({result['resamples']} resamples of the "
+             "samples, the reference fixed).", "",
+             f"| sampler | FID ({result['rows'][0]['num']}) | FID of each disjoint {BLOCK}-seed block | "
+             f"bootstrap error at {BLOCK} |", "|---|---|---|---|"]
+    for r in result["rows"]:
+        blocks = ", ".join(f"{b:.1f}" for b in r["block_fids"])
+        lines.append(f"| {r['sampler']} | {r['fid']:.2f} ± {r['fid_se']:.2f} | {blocks} (spread "
+                     f"{np.std(r['block_fids'], ddof=1):.1f}) | {r['block_fid_se']:.2f} |")
+    if result["pairs"]:
+        lines += ["", "Differences on the same seeds, with the paired bootstrap error:", "",
+                  "| a | b | FID(a) - FID(b) | paired error |", "|---|---|---|---|"]
+        lines += [f"| {p['a']} | {p['b']} | {p['difference']:.2f} | {p['paired_se']:.2f} |" for p in result["pairs"]]
+    if result["real_subsets"]:
+        lines += ["", f"Real MNIST training images in disjoint random subsets (the shipped 10k floor is "
+                  f"{result['floor']:.2f}):", "", "| subset size | subsets | FID mean | FID spread (sd) | range |",
+                  "|---|---|---|---|---|"]
+        for n, v in result["real_subsets"].items():
+            lines.append(f"| {n} | {len(v)} | {np.mean(v):.2f} | {np.std(v, ddof=1):.2f} | {min(v):.2f}–{max(v):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
