@@ -319,3 +319,18 @@ def test_evaluations_read_against_the_floor_at_their_own_size():
     assert small["n"] == 500 and small["fid"] == pytest.approx(floor_at(ref, 500)["fid"])
     assert small["fid"] > ref.info["floor"]["fid"] and 0.5 < small["precision"] <= 1 and 0.5 < small["recall"] <= 1
     assert floor_for(ref, 5000) == floor_for(ref, 10000) == ref.info["floor"]
+    # digits' reference is all of its images: none is left for a floor at n, so its shipped floor applies
+    digits = load_reference("digits")
+    assert floor_for(digits, 500) == digits.info["floor"] and digits.info["floor"]["n"] == 898
+    with pytest.raises(ValueError, match="hold 0 real images outside the reference set; cannot give the floor at n=500"):
+        floor_at(digits, 500)
+
+
+def test_shipped_floor_images_lie_outside_the_reference_set():
+    # A floor image inside the reference would be compared with itself (FID biased low, precision 1);
+    # digits, which had 898 such images, ships none (above).
+    from ddpmkit.evaluate import load_reference
+
+    ref = load_reference("mnist")
+    inside = {row.tobytes() for row in ref.features.astype(np.float16)}
+    assert not any(row.tobytes() in inside for row in ref.floor_features.astype(np.float16))

@@ -45,14 +45,17 @@ FLOOR_POINTS = 2000  # real images whose features and class probabilities ship f
 
 def save_stats(net, reference, other, path, info: dict) -> None:
     """Mean and covariance (float64) of the reference set's features, and the features themselves
-    (float16, for KID and precision/recall, which need points rather than moments); and the features
-    and class probabilities of up to FLOOR_POINTS images of the floor's other real set, so that an
-    evaluation of N samples can be put beside the floor at the same N (``evaluate.floor_at``)."""
+    (float16, for KID and precision/recall, which need points rather than moments); and, where the
+    floor's other real set lies outside the reference set, the features and class probabilities of up
+    to FLOOR_POINTS of its images, so that an evaluation of N samples can be put beside the floor at
+    the same N (``evaluate.floor_at``). ``other=None``: no such images (digits, whose reference is all
+    of its data: a floor from images inside the reference would be biased low)."""
     feats, _ = predict(net, reference)
     mu, sigma = metrics.feature_statistics(feats)
-    f_oth, p_oth = predict(net, other[:FLOOR_POINTS])
-    tensors = {"mu": torch.as_tensor(mu), "sigma": torch.as_tensor(sigma), "features": feats.to(torch.float16),
-               "floor_features": f_oth.to(torch.float16), "floor_probs": p_oth.to(torch.float32)}
+    tensors = {"mu": torch.as_tensor(mu), "sigma": torch.as_tensor(sigma), "features": feats.to(torch.float16)}
+    if other is not None:
+        f_oth, p_oth = predict(net, other[:FLOOR_POINTS])
+        tensors |= {"floor_features": f_oth.to(torch.float16), "floor_probs": p_oth.to(torch.float32)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"info": json.dumps(info)})
 
@@ -70,11 +73,12 @@ def main(argv=None) -> int:
     cards = {}
 
     def ship(name, train_images, train_labels, held_images, held_labels, data, epochs, batch_size,
-             floor_sets, reference, reference_text, levels):
+             floor_sets, reference, reference_text, levels, floor_outside_reference=True):
         """Train one network, measure it, and write its weights, statistics and card."""
+        floor_points = floor_sets[1] if floor_outside_reference else None
         if args.stats_only:
             net, card = load_feature_net(name)
-            save_stats(net, reference, floor_sets[1], ASSETS / f"{name}_stats.safetensors",
+            save_stats(net, reference, floor_points, ASSETS / f"{name}_stats.safetensors",
                        {"reference": reference_text, "levels": levels, "floor": card["floor"]})
             return
         start = time.perf_counter()
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
         card = {"data": data, "test_accuracy": acc, "epochs": epochs, "train_seconds": round(seconds, 1),
                 "machine": machine, "command": command, "floor": fl}
         save_feature_net(net, ASSETS / f"{name}_classifier.safetensors", card)
-        save_stats(net, reference, floor_sets[1], ASSETS / f"{name}_stats.safetensors",
+        save_stats(net, reference, floor_points, ASSETS / f"{name}_stats.safetensors",
                    {"reference": reference_text, "levels": levels, "floor": fl})
         cards[name] = card
         print(f"{name}: held-out accuracy {acc:.4f}, {seconds:.0f} s; floor {fl}")
@@ -98,13 +102,14 @@ def main(argv=None) -> int:
          args.epochs, 128, (test.to_float(), train.batch(subset)), test.to_float(), "MNIST test set, 10000 images", 255)
 
     # digits: 1797 images; train on a seeded 1500, report accuracy on the other 297; the floor
-    # compares two halves; statistics of all
+    # compares two halves; statistics of all, so no real image lies outside the reference for floors at N
     digits = load_dataset("digits")
     perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(args.seed))
     tr, te, half = perm[:1500], perm[1500:], len(digits) // 2
     ship("digits", digits.batch(tr), digits.labels[tr], digits.batch(te), digits.labels[te],
          "scikit-learn digits, 1500 train / 297 held out", 30, 64,
-         (digits.batch(perm[:half]), digits.batch(perm[half : 2 * half])), digits.to_float(), "all 1797 digits", 16)
+         (digits.batch(perm[:half]), digits.batch(perm[half : 2 * half])), digits.to_float(), "all 1797 digits", 16,
+         floor_outside_reference=False)
     if args.stats_only:
         return 0
 

@@ -38,7 +38,7 @@ class Reference:
     features: np.ndarray
     levels: int
     info: dict
-    floor_features: np.ndarray | None = None  # real images beside the reference set, for floor_at
+    floor_features: np.ndarray | None = None  # real images outside the reference set, for floor_at
     floor_probs: np.ndarray | None = None
 
 
@@ -140,7 +140,8 @@ def floor_at(ref: Reference, n: int) -> dict:
     an evaluation of n samples is read against this, not against the 10k floor)."""
     if ref.floor_features is None or n > len(ref.floor_features):
         have = 0 if ref.floor_features is None else len(ref.floor_features)
-        raise ValueError(f"the shipped statistics hold {have} floor images; cannot give the floor at n={n}")
+        raise ValueError(f"the shipped statistics hold {have} real images outside the reference set; "
+                         f"cannot give the floor at n={n}")
     feats = torch.from_numpy(ref.floor_features[:n])
     mu, sigma = metrics.feature_statistics(feats)
     kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
