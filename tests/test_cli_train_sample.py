@@ -255,6 +255,11 @@ def test_bench_writes_every_output(run_dir, tmp_path):
         ("unipc@logsnr:order=3,variant=bh1", "3"), ("unipc@logsnr:order=3,variant=bh1", "5")]
     assert all(0 < float(r["fid_se"]) < float(r["fid"]) for r in rows)
     result = json.loads((out / "bench.json").read_text())
+    best = min(result["rows"], key=lambda r: r["fid"])
+    assert [r["fid_vs_best_se"] is None for r in result["rows"]].count(True) == 1 and best["fid_vs_best_se"] is None
+    for r in result["rows"]:
+        assert r["fid_vs_best"] == pytest.approx(r["fid"] - best["fid"])
+        assert r is best or r["fid_vs_best_se"] > 0
     assert result["floor"]["fid"] > 0 and all(r["images_per_s"] > 0 for r in result["rows"])
     assert "data floor" in (out / "bench.md").read_text()
     for png in ("fid.png", "samples.png", "trajectories.png"):

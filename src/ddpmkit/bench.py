@@ -1,7 +1,8 @@
 """``ddpmkit bench``: every sampler at every NFE on one model, measured alike.
 
-For each (sampler, NFE): FID, IS, KID, precision, recall (``evaluate.score`` against the shipped
-reference, with the data floor), the NFE actually spent, seconds per image, images/s and the
+For each (sampler, NFE): FID with its bootstrap error and its paired difference to the table's best
+row, IS, KID, precision, recall (``evaluate.score_features`` against the shipped reference, with the
+data floor), the NFE actually spent, seconds per image, images/s and the
 process's peak memory; written as markdown, CSV and JSON, with plots of FID against NFE and
 against wall time, a grid of the same seeds per sampler, and a trajectory figure (x_t and x0_hat
 along the steps) for DDPM against DDIM.
@@ -18,9 +19,11 @@ import sys
 
 import torch
 
-from .evaluate import Reference, generate, score
+from . import metrics
+from .evaluate import Reference, generate, score_features
+from .feature_net import predict
 from .files import atomic_path, write_text
-from .images import grid_scale, labelled_grid, save_image
+from .images import from_levels, grid_scale, labelled_grid, save_image
 from .models import LoadedModel
 from .samplers import sampler_options, steps_for_nfe
 from .sampling import sample
@@ -63,7 +66,7 @@ def peak_rss_mb() -> float:
 
 def run(model: LoadedModel, ref: Reference, specs: list[str], nfes: list[int], *, num: int, seed: int,
         cache_dir, batch_size: int = 250, device="cpu", log=print) -> list[dict]:
-    rows = []
+    rows, features = [], []
     for spec in specs:
         label, name, options, spacing = parse_sampler(spec)
         for budget in nfes:
@@ -80,29 +83,47 @@ def run(model: LoadedModel, ref: Reference, specs: list[str], nfes: list[int], *
                 peak = torch.cuda.max_memory_allocated() / 2**20
             else:
                 peak = peak_rss_mb()
+            feats, probs = predict(ref.net, from_levels(levels, ref.levels))
             row = {"sampler": label, "spacing": used, "timesteps": grid, "nfe_budget": budget, "steps": steps,
                    "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
                    "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
-                   "peak_memory_mb": peak, **score(levels, ref)}
+                   "peak_memory_mb": peak, **score_features(feats, probs, ref)}
             rows.append(row)
+            features.append(feats)
             log(f"  {label:<24} NFE {row['nfe']:>4}  FID {row['fid']:.3f}  IS {row['is']:.2f}  "
                 f"{row['seconds_per_image']:.4f} s/img")
+    compare_to_best(rows, features, ref)
     return rows
 
 
-COLUMNS = ["sampler", "spacing", "nfe", "fid", "fid_se", "is", "kid", "precision", "recall", "seconds_per_image",
+def compare_to_best(rows: list[dict], features: list, ref: Reference) -> None:
+    """Every row's FID minus the lowest FID of the table, with the paired bootstrap error of that
+    difference (``metrics.fid_difference_standard_error``): all rows sample the same seeds, so the
+    noise that the seeds share cancels, and a difference is real when it is several errors wide.
+    Adds ``fid_vs_best`` and ``fid_vs_best_se`` to each row (0 and None for the best row)."""
+    if not rows:
+        return
+    best = min(range(len(rows)), key=lambda i: rows[i]["fid"])
+    for row, feats in zip(rows, features):
+        row["fid_vs_best"] = row["fid"] - rows[best]["fid"]
+        row["fid_vs_best_se"] = None if feats is features[best] else metrics.fid_difference_standard_error(
+            feats, features[best], ref.mu, ref.sigma)
+
+
+COLUMNS = ["sampler", "spacing", "nfe", "fid", "fid_se", "fid_vs_best", "fid_vs_best_se", "is", "kid", "precision", "recall", "seconds_per_image",
            "images_per_s", "peak_memory_mb"]
 
 
 def markdown(rows: list[dict], floor: dict, header: str) -> str:
-    lines = [header, "", "| sampler | grid | NFE | FID | IS | KID | precision | recall | s/image | images/s | peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "", "| sampler | grid | NFE | FID | FID − best | IS | KID | precision | recall | s/image | "
+             "images/s | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "—"
-        lines.append(f"| {r['sampler']} | {r['spacing']} | {r['nfe']} | {r['fid']:.3f} ± {r['fid_se']:.2f} | "
+        vs = "best" if r["fid_vs_best_se"] is None else f"+{r['fid_vs_best']:.2f} ± {r['fid_vs_best_se']:.2f}"
+        lines.append(f"| {r['sampler']} | {r['spacing']} | {r['nfe']} | {r['fid']:.3f} ± {r['fid_se']:.2f} | {vs} | "
                      f"{r['is']:.2f} | {r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['seconds_per_image']:.4f} | {ips} | {r['peak_memory_mb']:.0f} |")
-    lines.append(f"| data floor ({floor['n']} real vs reference) | | | {floor['fid']:.3f} | {floor['is']:.2f} | "
+    lines.append(f"| data floor ({floor['n']} real vs reference) | | | {floor['fid']:.3f} | | {floor['is']:.2f} | "
                  f"{floor['kid']:.4f} | {floor['precision']:.3f} | {floor['recall']:.3f} | | | |")
     return "\n".join(lines) + "\n"
 

@@ -523,7 +523,8 @@ def _cmd_bench(args) -> None:
     header = (f"# Sampler benchmark\n\n`{command}` — model {model.path} (step {model.config.get('step')}), "
               f"{args.num} samples per row from seeds {args.seed}.., metrics with the shipped "
               f"'{ref.info['card'].get('data', '')}' feature network against {ref.info['reference']}; {machine}. "
-              f"FID ± its bootstrap standard error over the samples (the reference held fixed).")
+              f"FID ± its bootstrap standard error over the samples (the reference held fixed); FID − best: "
+              f"the row's FID minus the lowest, ± the paired bootstrap error (every row samples the same seeds).")
     floor = floor_for(ref, args.num)
     bench.write_tables(rows, floor, out, header)
     if rows:

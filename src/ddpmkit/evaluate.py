@@ -120,12 +120,17 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
 def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True) -> dict:
     """FID with its bootstrap standard error, IS, KID, precision/recall (unless turned off: the
     reference's k-NN radii cost seconds on a CPU) against the reference, and the class frequencies."""
-    x = from_levels(levels_array, ref.levels)
-    feats, probs = predict(ref.net, x)
+    feats, probs = predict(ref.net, from_levels(levels_array, ref.levels))
+    return score_features(feats, probs, ref, num_classes, precision_recall)
+
+
+def score_features(feats: torch.Tensor, probs: torch.Tensor, ref: Reference, num_classes: int = 10,
+                   precision_recall: bool = True) -> dict:
+    """``score`` from the feature network's features and class probabilities of the samples."""
     mu, sigma = metrics.feature_statistics(feats)
-    is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(x)))
+    is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(feats)))
     kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
-    freq = np.bincount(probs.argmax(1).numpy(), minlength=num_classes) / len(x)
+    freq = np.bincount(probs.argmax(1).numpy(), minlength=num_classes) / len(feats)
     out = {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma),
            "fid_se": metrics.fid_standard_error(feats, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
            "kid": kid, "kid_std": kid_std, "class_frequencies": freq.tolist()}
