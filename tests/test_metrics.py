@@ -322,7 +322,8 @@ def test_evaluations_read_against_the_floor_at_their_own_size():
     # digits' reference is all of its images: none is left for a floor at n, so its shipped floor applies
     digits = load_reference("digits")
     assert floor_for(digits, 500) == digits.info["floor"] and digits.info["floor"]["n"] == 898
-    with pytest.raises(ValueError, match="hold 0 real images outside the reference set; cannot give the floor at n=500"):
+    with pytest.raises(ValueError, match="hold 0 real images outside the reference set; cannot give the floor at "
+                                         "n=500"):
         floor_at(digits, 500)
 
 

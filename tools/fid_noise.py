@@ -117,7 +117,8 @@ def markdown(result: dict, command: str) -> str:
                   f"{result['floor']:.2f}):", "", "| subset size | subsets | FID mean | FID spread (sd) | range |",
                   "|---|---|---|---|---|"]
         for n, v in result["real_subsets"].items():
-            lines.append(f"| {n} | {len(v)} | {np.mean(v):.2f} | {np.std(v, ddof=1):.2f} | {min(v):.2f}–{max(v):.2f} |")
+            lines.append(f"| {n} | {len(v)} | {np.mean(v):.2f} | {np.std(v, ddof=1):.2f} | "
+                         f"{min(v):.2f}–{max(v):.2f} |")
     return "\n".join(lines) + "\n"
 
 

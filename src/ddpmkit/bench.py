@@ -104,14 +104,14 @@ def compare_to_best(rows: list[dict], features: list, ref: Reference) -> None:
     if not rows:
         return
     best = min(range(len(rows)), key=lambda i: rows[i]["fid"])
-    for row, feats in zip(rows, features):
+    for i, row in enumerate(rows):
         row["fid_vs_best"] = row["fid"] - rows[best]["fid"]
-        row["fid_vs_best_se"] = None if feats is features[best] else metrics.fid_difference_standard_error(
-            feats, features[best], ref.mu, ref.sigma)
+        row["fid_vs_best_se"] = None if i == best else metrics.fid_difference_standard_error(
+            features[i], features[best], ref.mu, ref.sigma)
 
 
-COLUMNS = ["sampler", "spacing", "nfe", "fid", "fid_se", "fid_vs_best", "fid_vs_best_se", "is", "kid", "precision", "recall", "seconds_per_image",
-           "images_per_s", "peak_memory_mb"]
+COLUMNS = ["sampler", "spacing", "nfe", "fid", "fid_se", "fid_vs_best", "fid_vs_best_se", "is", "kid", "precision",
+           "recall", "seconds_per_image", "images_per_s", "peak_memory_mb"]
 
 
 def markdown(rows: list[dict], floor: dict, header: str) -> str:

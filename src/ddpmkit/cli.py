@@ -438,8 +438,8 @@ def _cmd_eval(args) -> None:
     fl = result["floor"]
     print("| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.sampler} | {info['nfe']} | {args.num} | {result['fid']:.3f} ± {result['fid_se']:.2f} | "
-          f"{result['is']:.2f} | "
-          f"{result['kid']:.4f} | {result['precision']:.3f} | {result['recall']:.3f} | {result['seconds_per_image']:.4f} |")
+          f"{result['is']:.2f} | {result['kid']:.4f} | {result['precision']:.3f} | {result['recall']:.3f} | "
+          f"{result['seconds_per_image']:.4f} |")
     print(f"| data floor ({ref.info['reference']}) | | {fl['n']} | {fl['fid']:.3f} | {fl['is']:.2f} | "
           f"{fl['kid']:.4f} | {fl['precision']:.3f} | {fl['recall']:.3f} | |")
     freq = " ".join(f"{100 * f:.1f}" for f in result["class_frequencies"])
