@@ -22,11 +22,12 @@ import torch
 
 from ddpmkit import metrics
 from ddpmkit.data import load_dataset
-from ddpmkit.evaluate import cache_key, generate, load_reference
+from ddpmkit.evaluate import cache_key, chunk_files, generate, load_reference
 from ddpmkit.feature_net import predict
 from ddpmkit.files import write_text
 from ddpmkit.images import from_levels
 from ddpmkit.models import load_model
+from ship_results import label  # this folder is on sys.path when the tool runs as a script
 
 BLOCK = 2000
 
@@ -37,9 +38,7 @@ def cached_features(report: dict, ref, cache: pathlib.Path) -> torch.Tensor:
     steps = report["steps"]
     folder = cache / cache_key(model, report["sampler"], steps, report["spacing"], report["options"], ref.levels,
                                report["timesteps"])
-    chunks = [folder / f"seeds-{first:09d}-{min(500, report['seed'] + report['num'] - first):05d}.npz"
-              for first in range(report["seed"], report["seed"] + report["num"], 500)]
-    missing = [c.name for c in chunks if not c.exists()]
+    missing = [path.name for _, _, path in chunk_files(folder, report["seed"], report["num"]) if not path.exists()]
     if missing:
         raise SystemExit(f"{len(missing)} sample chunks of {report['sampler']} {report['steps']} are not in {folder}; "
                          f"run its ddpmkit eval command first")
@@ -51,11 +50,6 @@ def cached_features(report: dict, ref, cache: pathlib.Path) -> torch.Tensor:
 
 def fid(feats, ref) -> float:
     return metrics.frechet_distance(*metrics.feature_statistics(feats), ref.mu, ref.sigma)
-
-
-def label(report: dict) -> str:
-    opts = ",".join(f"{k}={v}" for k, v in sorted(report["options"].items()))
-    return f"{report['sampler']}{':' + opts if opts else ''} {report['nfe']}"
 
 
 def main(argv=None) -> int:

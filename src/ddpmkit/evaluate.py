@@ -90,9 +90,7 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
     folder = pathlib.Path(cache_dir) / cache_key(model, sampler, steps, spacing, options, levels, timesteps)
     folder.mkdir(parents=True, exist_ok=True)
     parts, seconds, nfe, cached = [], 0.0, None, 0
-    for first in range(seed, seed + num, chunk):
-        count = min(chunk, seed + num - first)
-        path = folder / f"seeds-{first:09d}-{count:05d}.npz"
+    for first, count, path in chunk_files(folder, seed, num, chunk):
         if path.exists():
             with np.load(path, allow_pickle=False) as data:
                 part, secs, used = data["levels"], float(data["seconds"]), int(data["nfe"])
@@ -115,6 +113,12 @@ def generate(model: LoadedModel, *, sampler: str, steps: int, spacing: str, opti
         if progress is not None:
             progress(count)
     return np.concatenate(parts), {"nfe": nfe, "seconds": seconds, "cached": cached, "cache": str(folder)}
+
+
+def chunk_files(folder: pathlib.Path, seed: int, num: int, chunk: int = 500) -> list[tuple[int, int, pathlib.Path]]:
+    """(first seed, count, file) of each cached chunk that seeds seed .. seed+num-1 fill."""
+    counts = [(first, min(chunk, seed + num - first)) for first in range(seed, seed + num, chunk)]
+    return [(first, count, folder / f"seeds-{first:09d}-{count:05d}.npz") for first, count in counts]
 
 
 def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True) -> dict:
