@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ddpmkit.cli import main
@@ -63,3 +64,57 @@ def test_main_job_samples_the_shipped_models(tmp_path):
     assert "| unipc 20 | 20 |" in table and "| ddpm 20 | 20 |" in table and "| real MNIST (data floor) |" in table
     assert "| dpmpp-2m-sde 20 | 20 |" in table
     assert "15.56" in table  # the shipped 10k FID of UniPC at 20 NFE, beside the one measured now
+
+
+def test_bad_input_stops_before_any_work_in_one_line(tmp_path, capsys):
+    """Each bad value is refused up front: exit status 2, one line on stderr that names the value,
+    and nothing written (the shipped model is loaded, but nothing is sampled or trained)."""
+    from safetensors.numpy import save_file
+
+    from ddpmkit.checkpoint import CONFIG_KEY
+
+    listed = tmp_path / "listed.safetensors"
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(listed), metadata={CONFIG_KEY: "[1, 2]"})
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "d.png").mkdir()
+    noise = tmp_path / "noise.npy"
+    np.save(noise, np.full((2, 1, 28, 28), np.nan, dtype=np.float32))
+    out = tmp_path / "new"
+    cases = [
+        (["sample", "--device", "cuda:99", "--out", out], "'cuda:99' is not a device this machine has; valid here: cpu"),
+        (["sample", "--timesteps", "999,500", "--spacing", "karras", "--out", out], "--spacing karras and --timesteps"),
+        (["sample", "--timesteps", "999,,500", "--out", out], "'999,,500' is not a comma-separated list"),
+        (["sample", "--timesteps", "500,999", "--out", out], "strictly descending (noisiest first); got 500,999"),
+        (["sample", "--spacing", "even", "--out", out], "unknown spacing 'even'; valid: leading, trailing, linspace, "
+                                                        "karras, logsnr, tuned"),
+        (["sample", "--out", tmp_path / "d.png"], "is a folder; give a file name"),
+        (["sample", "--out", tmp_path / "a.txt"], "or a folder name without an extension"),
+        (["sample", "--init-noise", noise, "--out", out], "holds 1568 NaN or infinite values"),
+        (["sample", "--model", listed, "--out", out], "invalid config: a JSON list, not an object"),
+        (["sample", "--sampler", "ddpm", "--variance", "optimal", "--model", "mnist-cm", "--out", out],
+         "`ddpmkit moments --model MODEL"),
+        (["eval", "--num", "1", "--out", tmp_path / "e.json"], "--num 1 is too few"),
+        (["eval", "--cache", a_file, "--out", tmp_path / "e.json"], f"--cache {a_file} cannot be a folder"),
+        (["eval", "--inception-data", tmp_path, "--out", tmp_path / "e.json"], "apply only with --inception"),
+        (["bench", "--samplers", "", "--out", out], "--samplers '' lists no sampler"),
+        (["bench", "--samplers", "ddim:clip=maybe", "--out", out], "clip='maybe' is not true or false"),
+        (["bench", "--samplers", "ddim:eta=abc", "--out", out], "eta='abc' is not a number"),
+        (["bench", "--samplers", "ddim,ddim:eta=5", "--nfe", "5,1000", "--out", out],
+         "sampler spec 'ddim:eta=5' at 5 NFE: eta=5.0 is outside [0, 1]"),
+        (["bench", "--samplers", "ddpm@even", "--out", out], "sampler spec 'ddpm@even' at 5 NFE: unknown spacing"),
+        (["demo", "--num", "2001", "--out", tmp_path / "demo.png"], "--num 2001 is more than the 2000"),
+        (["moments", "--model", "mnist", "--timesteps", "1001"], "--timesteps 1001 exceeds the model's 1000"),
+        (["train", "--dataset", "digits", "--out", a_file / "run"], f"{a_file} is a file"),
+        (["train", "--dataset", "digits", "--lr", "nan", "--out", out], "lr=nan must be a finite number > 0"),
+        (["distill", "--teacher", "mnist", "--out", a_file], f"--out {a_file} cannot be a folder"),
+    ]
+    for args, message in cases:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's errors
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (args, err)
+        assert err.startswith(f"ddpmkit {args[0]}: error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "d.png", "listed.safetensors", "noise.npy"]

@@ -51,11 +51,25 @@ def parse_sampler(spec: str) -> tuple[str, str, dict, str]:
         key, eq, value = item.partition("=")
         if not eq or key not in valid:
             raise ValueError(f"sampler spec {spec!r}: {item!r} is not KEY=VALUE with KEY one of: {', '.join(valid)}")
-        default = valid[key]
-        options[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+        options[key] = _parse_value(spec, key, value, valid[key])
     if options.get("clip") is False:  # the default: one cache key for "clip=false" and no clip
         del options["clip"]
     return spec, name, options, spacing or None  # None: the model's tuned grid where it has one, else trailing
+
+
+def _parse_value(spec: str, key: str, value: str, default):
+    """A spec's option value, read as the type of the option's default."""
+    if isinstance(default, bool):
+        parsed = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(value.lower())
+        if parsed is None:
+            raise ValueError(f"sampler spec {spec!r}: {key}={value!r} is not true or false")
+        return parsed
+    kind = type(default)
+    try:
+        return kind(value)
+    except ValueError:
+        what = {int: "an integer", float: "a number"}.get(kind, f"a valid {key}")
+        raise ValueError(f"sampler spec {spec!r}: {key}={value!r} is not {what}") from None
 
 
 def peak_rss_mb() -> float:

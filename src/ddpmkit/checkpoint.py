@@ -101,6 +101,8 @@ def _config_of(f, path) -> dict:
         config = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} has a corrupt config: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} has an invalid config: a JSON {type(config).__name__}, not an object")
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ddpmkit checkpoint (format {config.get('format')!r})")
     if config.get("version") != VERSION:
@@ -108,4 +110,8 @@ def _config_of(f, path) -> dict:
     missing = [k for k in REQUIRED if k not in config]
     if missing:
         raise CheckpointError(f"{path} config lacks {missing[0]!r}")
+    for key in ("net", "schedule", "data"):
+        if not isinstance(config[key], dict):
+            raise CheckpointError(f"{path} has an invalid config: {key!r} is a JSON {type(config[key]).__name__}, "
+                                  f"not an object")
     return config

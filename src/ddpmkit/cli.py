@@ -18,6 +18,14 @@ from .samplers import SAMPLERS, describe, sampler_options, steps_for_nfe
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with our error style: one line naming the bad value, then exit status 2 (argparse
+    itself prints the whole usage block above the message)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -33,6 +41,25 @@ def parse_bool(text: str) -> bool:
     if value is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
     return value
+
+
+def device_arg(text: str) -> str:
+    """A torch device that this machine has: cpu, or cuda[:N] / mps where torch can reach them."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        have += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        have.append("mps")
+    ok = dev is not None and (dev.type == "cpu" or (dev.type == "cuda" and "cuda" in have and
+                                                     (dev.index or 0) < torch.cuda.device_count())
+                              or (dev.type == "mps" and "mps" in have))
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device this machine has; valid here: {', '.join(have)}")
+    return text
 
 
 def nonneg_int(text: str) -> int:
@@ -68,7 +95,9 @@ def _cmd_demo(args) -> None:
     else:
         from .demo import markdown_table, run_demo
 
-        num = min(args.num, 2000)
+        if args.num > 2000:
+            raise ValueError(f"--num {args.num} is more than the 2000 real images the data floor holds; give at most 2000")
+        num = args.num
         what = f"the shipped MNIST models, {num} samples per sampler (same seeds in every row)"
     if not args.quiet:
         print(f"Sampling {what}:")
@@ -179,6 +208,7 @@ def _cmd_distill(args) -> None:
 
 
 def _run_trainer(kind, args) -> None:
+    _check_folder("--out", args.out)
     names = {f.name for f in dataclasses.fields(kind.Config)}
     options = {k: v for k, v in vars(args).items() if k in names}
     command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
@@ -230,7 +260,7 @@ def _add_sampler_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
     p.add_argument("--seed", type=nonneg_int, default=0, help="sample i uses seed SEED + i")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="samples per network call")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -246,11 +276,12 @@ def positive_int_list(option: str, text: str) -> list[int]:
 
 
 def timestep_list(text: str) -> list[float]:
+    items = text.split(",")
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in items]
     except ValueError:
         values = []
-    if not values:
+    if not values or len(values) != len(items):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of timesteps")
     return values
 
@@ -266,6 +297,8 @@ def _sampling_plan(args, model) -> tuple[dict, int]:
                              f"its options: {', '.join('--' + o for o in valid) or 'none'}")
     if sum(v is not None for v in (args.steps, args.nfe, args.timesteps)) > 1:
         raise ValueError("give only one of --steps, --nfe and --timesteps")
+    if args.timesteps is not None and args.spacing is not None:
+        raise ValueError(f"--spacing {args.spacing} and --timesteps both place the steps; give one of them")
     args.grid = None
     if args.timesteps is not None:
         from .schedule import check_grid
@@ -283,6 +316,15 @@ def _sampling_plan(args, model) -> tuple[dict, int]:
     return options, steps
 
 
+def check_setup(model, sampler: str, steps: int, spacing: str, grid, options: dict) -> None:
+    """Every check the sampler makes of its options and grid, made now on a stand-in network (one
+    scalar sample, no network cost), so that a bad value stops the command before sampling starts."""
+    from .sampling import dry_run
+
+    dry_run(model.schedule, sampler=sampler, steps=None if grid else steps, timesteps=grid, spacing=spacing,
+            prediction=model.prediction, data_range=model.data_range, eps_moment=model.eps_moment, **options)
+
+
 def _denoising(args) -> dict:
     """--clip and --threshold, where given, as keyword arguments of ``sample`` (they change the
     samples, so eval keeps them with the sampler options: in its cache key and its report)."""
@@ -292,6 +334,25 @@ def _denoising(args) -> dict:
     if args.threshold is not None:
         given["threshold"] = args.threshold
     return given
+
+
+def _check_folder(option: str, path: str) -> None:
+    """A folder we will create or write into must not be a file, nor lie under one."""
+    p = pathlib.Path(path)
+    if str(path) == "":
+        raise ValueError(f"{option} is empty; give a folder")
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"{option} {path} cannot be a folder: {q} is a file")
+            break
+
+
+def _check_measure_args(args) -> None:
+    """eval, bench and tune: FID needs two samples at least, and the cache must be a folder."""
+    if args.num < 2:
+        raise ValueError(f"--num {args.num} is too few: FID needs a covariance, so give at least 2 samples")
+    _check_folder("--cache", args.cache)
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
@@ -310,17 +371,25 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
 
 def _output_kind(out: pathlib.Path) -> str:
     """Decide what --out is and check it can be written, before any sampling is spent."""
+    if str(out) in ("", "."):
+        raise ValueError(f"--out {str(out)!r} names no new file or folder; give grid.png, samples.npz or a folder name")
     suffix = out.suffix.lower()
     kind = {".png": "grid", ".npz": "npz"}.get(suffix, "dir")
-    if kind == "dir" and suffix in (".jpg", ".jpeg", ".npy", ".pt", ".gif"):
-        raise ValueError(f"--out {out}: use .png for a grid, .npz for arrays, or a folder name")
-    target_dir = out if kind == "dir" else out.parent
-    probe = target_dir if target_dir.exists() else target_dir.parent
+    if kind == "dir" and suffix:
+        raise ValueError(f"--out {out}: use .png for a grid, .npz for arrays, or a folder name without an extension")
+    if kind != "dir" and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name")
     if kind == "dir" and out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a .png, a .npz or a folder")
+    _check_writable(out, out if kind == "dir" else out.parent)
+    return kind
+
+
+def _check_writable(out: pathlib.Path, target_dir: pathlib.Path) -> None:
+    """The folder that --out writes into exists and is writable, or can be made in one that is."""
+    probe = target_dir if target_dir.exists() else target_dir.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise ValueError(f"--out {out} cannot be written: {probe} is not a writable folder")
-    return kind
 
 
 def _read_init_noise(path: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -330,8 +399,13 @@ def _read_init_noise(path: str, shape: tuple[int, ...]) -> torch.Tensor:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"--init-noise {path} is not a readable .npy array: {e}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise ValueError(f"--init-noise {path} is an .npz archive; give one .npy array of shape (N, {', '.join(map(str, shape))})")
     if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"--init-noise {path} holds {arr.dtype} {arr.shape}; expected float (N, {', '.join(map(str, shape))})")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"--init-noise {path} holds {np.size(arr) - np.isfinite(arr).sum()} NaN or infinite values")
     return torch.from_numpy(arr.astype(np.float32))
 
 
@@ -343,6 +417,7 @@ def _cmd_sample(args) -> None:
     kind = _output_kind(out)
     model = load_model(args.model, device=args.device)
     options, steps = _sampling_plan(args, model)
+    check_setup(model, args.sampler, steps, args.spacing, args.grid, options | _denoising(args))
     init = _read_init_noise(args.init_noise, model.shape) if args.init_noise else None
     num = args.num or (len(init) if init is not None else 16)
     if init is not None and len(init) != num:
@@ -407,12 +482,16 @@ def _cmd_eval(args) -> None:
     from .models import load_model
 
     out = pathlib.Path(args.out)
-    if out.suffix.lower() != ".json":
+    if out.suffix.lower() != ".json" or out.is_dir():
         raise ValueError(f"--out {out} must name a .json file")
-    _output_kind(out.with_suffix(".npz"))  # the folder must be writable before any sampling is spent
+    _check_writable(out, out.parent)  # before any sampling is spent
+    _check_measure_args(args)
+    if args.inception is None and (args.inception_data is not None or args.inception_real is not None):
+        raise ValueError("--inception-data and --inception-real apply only with --inception WEIGHTS")
     model = load_model(args.model, device=args.device)
     options, steps = _sampling_plan(args, model)
     options |= _denoising(args)
+    check_setup(model, args.sampler, steps, args.spacing, args.grid, options)
     ref = reference_for(model, args.feature_net)
     inception = _inception_setup(args, model) if args.inception else None  # checked before sampling
     bar = None
@@ -502,22 +581,34 @@ def _cmd_bench(args) -> None:
     from .models import load_model
 
     out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
-    _output_kind(out)
+    _check_folder("--out", args.out)
+    _check_writable(out, out)
+    _check_measure_args(args)
     preset = bench.PRESETS.get(args.preset) if args.preset else None
     if args.preset and preset is None:
         raise ValueError(f"unknown preset {args.preset!r}; valid: {', '.join(bench.PRESETS)}")
     specs = preset["samplers"] if preset else split_specs(args.samplers)
     nfes = preset["nfe"] if preset else positive_int_list("--nfe", args.nfe)
-    for spec in specs:
-        bench.parse_sampler(spec)  # every spec is checked before any sampling is spent
+    if not specs:
+        raise ValueError(f"--samplers {args.samplers!r} lists no sampler")
     model = load_model(args.model, device=args.device)
+    for spec in specs:  # every spec is checked at every budget before any sampling is spent
+        _, name, options, spacing = bench.parse_sampler(spec)
+        for budget in nfes:
+            try:
+                steps = steps_for_nfe(name, budget, model.schedule.T, **options)
+            except ValueError:
+                continue  # the run skips this budget and says so
+            try:
+                used, grid = model.plan_grid(name, steps, spacing)
+                check_setup(model, name, steps, used, grid, options)
+            except ValueError as e:
+                raise ValueError(f"sampler spec {spec!r} at {budget} NFE: {e}") from None
     ref = reference_for(model, args.feature_net)
-    out.mkdir(exist_ok=True)
     log = (lambda *a: None) if args.quiet else print
     rows = bench.run(model, ref, specs, nfes, num=args.num, seed=args.seed, cache_dir=args.cache,
                      batch_size=args.batch_size, device=args.device, log=log)
+    out.mkdir(exist_ok=True)
     machine = describe_machine(args.device)
     command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     header = (f"# Sampler benchmark\n\n`{command}` — model {model.path} (step {model.config.get('step')}), "
@@ -543,6 +634,7 @@ def _cmd_tune(args) -> None:
     from .tune import search_grid
 
     sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
+    _check_measure_args(args)
     steps_list = sorted(set(positive_int_list("--steps", args.steps)))
     model = load_model(args.model, device=args.device)
     T = model.schedule.T
@@ -582,13 +674,16 @@ def _cmd_moments(args) -> None:
     from .models import load_model, store_eps_moment
 
     model = load_model(args.model, device=args.device)
+    if args.timesteps > model.schedule.T:
+        raise ValueError(f"--timesteps {args.timesteps} exceeds the model's {model.schedule.T} timesteps; "
+                         f"give at most {model.schedule.T}")
     data = load_dataset(args.dataset, args.data_dir)
     if tuple(data.shape) != tuple(model.shape):
         raise ValueError(f"--dataset {args.dataset} has images of shape {data.shape}; the model makes {model.shape}")
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.num]
     x0 = data.batch(idx).to(args.device)
     moment = estimate_eps_moment(model.net, model.schedule, x0, prediction=model.prediction,
-                                 num_timesteps=min(args.timesteps, model.schedule.T), batch_size=args.batch_size,
+                                 num_timesteps=args.timesteps, batch_size=args.batch_size,
                                  seed=args.seed)
     info = {"dataset": data.name, "images": len(x0), "timesteps": args.timesteps, "seed": args.seed}
     file = store_eps_moment(model.path, moment, info)
@@ -600,12 +695,12 @@ def _cmd_moments(args) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddpmkit", description="Diffusion models built around sampling.", formatter_class=FMT)
+    p = Parser(prog="ddpmkit", description="Diffusion models built around sampling.", formatter_class=FMT)
     p.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -647,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a safetensors copy; nothing is downloaded)")
     e.add_argument("--inception-data", default=None,
                    help="folder with the model's data set, whose real images the Inception FID compares against")
-    e.add_argument("--inception-real", type=positive_int, default=10000, help="at most this many real images")
+    e.add_argument("--inception-real", type=positive_int, default=None, help="at most this many real images "
+                   "(default: 10000)")
     e.set_defaults(func=_cmd_eval)
 
     b = sub.add_parser("bench", formatter_class=FMT, help="every sampler x NFE on one model: metrics, time, plots",
@@ -666,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=positive_int, default=250, help="samples per network call")
     _add_measure_args(b)
     b.add_argument("--out", default="bench", help="folder for the results")
-    b.add_argument("--device", default="cpu", help="torch device")
+    b.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     b.add_argument("--quiet", action="store_true", help="print only the final table")
     b.set_defaults(func=_cmd_bench)
 
@@ -685,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num", type=positive_int, default=500, help="samples per grid tried")
     t.add_argument("--seed", type=nonneg_int, default=1_000_000, help="sample i uses seed SEED + i")
     t.add_argument("--batch-size", type=positive_int, default=250, help="samples per network call")
-    t.add_argument("--device", default="cpu", help="torch device")
+    t.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     _add_measure_args(t)
     t.add_argument("--quiet", action="store_true", help="print only the grids found")
     t.set_defaults(func=_cmd_tune)
@@ -701,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--timesteps", type=positive_int, default=100, help="timesteps to estimate at (interpolated between)")
     m.add_argument("--batch-size", type=positive_int, default=256, help="images per network call")
     m.add_argument("--seed", type=nonneg_int, default=0, help="seed of the image choice and the noise")
-    m.add_argument("--device", default="cpu", help="torch device")
+    m.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     m.set_defaults(func=_cmd_moments)
 
     sub.add_parser("samplers", formatter_class=FMT, help="list the samplers with their options and defaults").set_defaults(
@@ -727,7 +823,7 @@ def main(argv=None) -> int:
     keep_freed_memory()  # activations are reallocated at every network call: keep their pages mapped
     try:
         args.func(args)
-    except ValueError as e:  # includes CheckpointError: one line, no traceback
+    except (ValueError, OSError) as e:  # includes CheckpointError; an unwritable path: one line, no traceback
         print(f"ddpmkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

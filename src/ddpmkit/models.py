@@ -11,7 +11,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_into, load_tensors, read_config
 from .prediction import check_prediction
-from .schedule import NoiseSchedule
+from .schedule import ALL_SPACINGS, NoiseSchedule
 
 CANDIDATES = ("model.safetensors", "checkpoint.safetensors")
 SHIPPED_DIR = pathlib.Path(__file__).parent / "assets" / "models"
@@ -43,6 +43,8 @@ class LoadedModel:
         """(spacing, explicit grid or None) for ``steps`` steps of ``sampler``. ``spacing`` None
         means "tuned" where this model has a tuned grid for them and "trailing" otherwise;
         "tuned" asks for the tuned grid and is an error without one."""
+        if spacing is not None and spacing not in (*ALL_SPACINGS, "tuned"):
+            raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(ALL_SPACINGS)}, tuned")
         grid = self.tuned_grid(sampler, steps)
         if spacing is None:
             spacing = "tuned" if grid is not None else "trailing"

@@ -111,3 +111,19 @@ def sample(
         return samples, {"nfe": calls[0], "grid": [float(t) for t in grid]}
     return samples
 
+
+
+def _zero_network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(x)
+
+
+def dry_run(schedule: NoiseSchedule, *, sampler: str, steps: int | None = None, timesteps=None,
+            spacing: str = "trailing", prediction: str = "eps", data_range=(-1.0, 1.0), **options) -> int:
+    """Run ``sampler`` through its whole grid on one scalar sample with a network that outputs
+    zeros: every check of options, grid and schedule that ``sample`` and the sampler make, at no
+    network cost, so that a command can refuse a bad setup before it spends any sampling.
+    Returns the NFE per sample the setup would cost."""
+    _, info = sample(_zero_network, schedule, sampler=sampler, steps=steps, timesteps=timesteps, spacing=spacing,
+                     prediction=prediction, shape=(1, 1), data_range=data_range, device="cpu",
+                     return_info=True, **options)
+    return info["nfe"]

@@ -293,5 +293,6 @@ def check_grid(grid, T: int) -> np.ndarray:
     if np.any(~np.isfinite(g)) or g.min() < 0 or g.max() > T - 1:
         raise ValueError(f"grid timesteps must lie in [0, {T - 1}]; got {g.min():g}..{g.max():g}")
     if np.any(np.diff(g) >= 0):
-        raise ValueError("grid timesteps must be strictly descending (noisiest first)")
+        raise ValueError(f"grid timesteps must be strictly descending (noisiest first); got "
+                         f"{','.join(f'{t:g}' for t in g)}")
     return g

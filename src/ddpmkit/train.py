@@ -87,8 +87,12 @@ def check_run_options(cfg, positive: tuple[str, ...] = ()) -> None:
     check_precision(cfg.precision)
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay={cfg.ema_decay} must be in [0, 1)")
-    if cfg.lr <= 0 or cfg.grad_clip <= 0 or cfg.warmup < 0 or cfg.weight_decay < 0:
-        raise ValueError("lr and grad_clip must be > 0, warmup and weight_decay >= 0")
+    for name in ("lr", "grad_clip"):
+        if not getattr(cfg, name) > 0 or not math.isfinite(getattr(cfg, name)):  # NaN fails both
+            raise ValueError(f"{name}={getattr(cfg, name)} must be a finite number > 0")
+    for name in ("warmup", "weight_decay"):
+        if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"{name}={getattr(cfg, name)} must be a finite number >= 0")
 
 
 def autocast(device: torch.device, precision: str):

@@ -63,8 +63,9 @@ def ddpm(denoiser, x, grid, *, noise, variance: str = "small", callback=None):
     """
     check_choice("variance", variance, VARIANCES)
     if variance == "optimal" and getattr(denoiser, "eps_moment", None) is None:
-        raise ValueError("variance='optimal' needs the model's eps moments (Analytic-DPM): pass eps_moment= "
-                         "(see ddpmkit.analytic.estimate_eps_moment)")
+        raise ValueError("variance='optimal' needs the model's eps moments (Analytic-DPM), which this model "
+                         "lacks: store them with `ddpmkit moments --model MODEL --dataset DATA` (in Python: pass "
+                         "eps_moment=, see ddpmkit.analytic.estimate_eps_moment)")
     for i, (t, abar_t, abar_s) in enumerate(denoiser.schedule.transitions(grid)):
         _, x0 = denoiser(x, t)
         if callback is not None:
