@@ -237,6 +237,12 @@ def test_cache_key_follows_the_model_bytes_not_its_path_or_mtime(run_dir, tmp_pa
     assert (copy.stat().st_size, copy.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     assert cache_key(moved, *args) != before
     assert cache_key(moved, "ddim", 5, "trailing", {}, 16) != cache_key(moved, *args)
+    # an option at its default value makes the same samples as no option: one key
+    def key(sampler, **opts):
+        return cache_key(moved, sampler, 4, "trailing", opts, 16)
+
+    assert key("ddpm", variance="small") == key("ddpm") != key("ddpm", variance="large")
+    assert key("ddim", eta=0) == key("ddim") == cache_key(moved, *args) != key("ddim", eta=0.5)
 
 
 def test_bench_writes_every_output(run_dir, tmp_path):

@@ -25,6 +25,7 @@ from .files import atomic_path, file_digest
 from .images import from_levels, to_levels
 from .models import LoadedModel
 from .nets.classifier import FeatureClassifier
+from .samplers import sampler_options
 from .sampling import sample
 
 FEATURE_NET_FOR = {"mnist": "mnist", "digits": "digits"}
@@ -72,7 +73,10 @@ def cache_key(model: LoadedModel, sampler: str, steps: int, spacing: str, option
     """What decides the samples: the model file's bytes (their SHA-256, so that a copy of the file on
     another machine or path finds the same chunks, and a rewritten file never reads stale ones) and
     the sampler setup. An explicit grid replaces the spacing (one grid given as --timesteps or stored
-    as tuned is one key)."""
+    as tuned is one key). A sampler option given at its default value is left out, so that
+    ``--variance small`` and no --variance (the same samples) share their chunks."""
+    defaults = sampler_options(sampler)
+    options = {k: v for k, v in options.items() if not (k in defaults and defaults[k] == v)}
     what = {"model_sha256": file_digest(model.path),
             "sampler": sampler, "steps": steps, "spacing": spacing, "options": options, "levels": levels}
     if timesteps is not None:
