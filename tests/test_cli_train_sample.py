@@ -341,6 +341,13 @@ def test_eval_adds_the_inception_fid_with_given_weights(run_dir, tmp_path, cli_e
     inc = json.loads(out.read_text())["inception"]
     assert inc["reference"] == "digits train, 4 images" and inc["fid"] >= 0 and 1.0 <= inc["is"] <= 1008
     assert "Inception FID" in r.stdout
+    import argparse
+
+    from ddpmkit.cli import _inception_setup
+    from ddpmkit.models import load_model
+
+    unset = argparse.Namespace(inception=str(weights), inception_data=None, inception_real=None, device="cpu")
+    assert _inception_setup(unset, load_model(run_dir))[2] == "digits train, 1797 images"  # at most 10000
     assert "--inception: FID Inception weights not found" in cli_error(
         "eval", "--model", run_dir, "--num", 4, "--out", tmp_path / "f.json", "--inception", tmp_path / "none.pth")
     assert not (tmp_path / "f.json").exists()

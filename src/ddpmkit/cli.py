@@ -530,6 +530,9 @@ def _cmd_eval(args) -> None:
     print(f"wrote {out}")
 
 
+INCEPTION_REAL = 10000  # real images the Inception FID compares against, at most
+
+
 def _inception_setup(args, model) -> tuple:
     """The FID Inception network and the real images it compares against: the model's data set,
     its test split where it has one, at most --inception-real images."""
@@ -543,7 +546,7 @@ def _inception_setup(args, model) -> tuple:
     dataset = model.config["data"]["dataset"]
     split = "train" if dataset == "digits" or dataset.startswith("folder:") else "test"
     real = load_dataset(dataset, args.inception_data, split=split)
-    n = min(len(real), args.inception_real)
+    n = min(len(real), args.inception_real or INCEPTION_REAL)
     return net, real.to_float()[:n], f"{dataset} {split}, {n} images"
 
 
@@ -743,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--inception-data", default=None,
                    help="folder with the model's data set, whose real images the Inception FID compares against")
     e.add_argument("--inception-real", type=positive_int, default=None, help="at most this many real images "
-                   "(default: 10000)")
+                   f"(default: {INCEPTION_REAL})")
     e.set_defaults(func=_cmd_eval)
 
     b = sub.add_parser("bench", formatter_class=FMT, help="every sampler x NFE on one model: metrics, time, plots",
