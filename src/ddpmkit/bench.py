@@ -16,6 +16,7 @@ import json
 import pathlib
 import resource
 import sys
+from typing import NamedTuple
 
 import torch
 
@@ -25,7 +26,7 @@ from .feature_net import predict
 from .files import atomic_path, write_text
 from .images import from_levels, grid_scale, labelled_grid, save_image
 from .models import LoadedModel
-from .samplers import sampler_options, steps_for_nfe
+from .samplers import parse_bool, sampler_options, steps_for_nfe
 from .sampling import sample
 
 PRESETS = {
@@ -59,17 +60,42 @@ def parse_sampler(spec: str) -> tuple[str, str, dict, str]:
 
 def _parse_value(spec: str, key: str, value: str, default):
     """A spec's option value, read as the type of the option's default."""
-    if isinstance(default, bool):
-        parsed = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(value.lower())
-        if parsed is None:
-            raise ValueError(f"sampler spec {spec!r}: {key}={value!r} is not true or false")
-        return parsed
-    kind = type(default)
+    kind = parse_bool if isinstance(default, bool) else type(default)
     try:
         return kind(value)
     except ValueError:
-        what = {int: "an integer", float: "a number"}.get(kind, f"a valid {key}")
+        what = {parse_bool: "true or false", int: "an integer", float: "a number"}.get(kind, f"a valid {key}")
         raise ValueError(f"sampler spec {spec!r}: {key}={value!r} is not {what}") from None
+
+
+class Planned(NamedTuple):
+    """One row of a bench: a sampler spec at an NFE budget, with the steps and grid it gets."""
+    label: str
+    name: str
+    options: dict
+    budget: int
+    steps: int
+    spacing: str
+    grid: list[float] | None
+
+
+def plan(model: LoadedModel, specs: list[str], nfes: list[int], log=None):
+    """The rows of a bench, spec by spec and budget by budget; a budget too small for one step of a
+    sampler is skipped (and logged)."""
+    for spec in specs:
+        label, name, options, spacing = parse_sampler(spec)
+        for budget in nfes:
+            try:
+                steps = steps_for_nfe(name, budget, model.schedule.T, **options)
+            except ValueError:
+                if log is not None:
+                    log(f"  {label}: cannot fit into {budget} NFE, skipped")
+                continue
+            try:
+                used, grid = model.plan_grid(name, steps, spacing)
+            except ValueError as e:
+                raise ValueError(f"sampler spec {label!r} at {budget} NFE: {e}") from None
+            yield Planned(label, name, options, budget, steps, used, grid)
 
 
 def peak_rss_mb() -> float:
@@ -81,31 +107,23 @@ def peak_rss_mb() -> float:
 def run(model: LoadedModel, ref: Reference, specs: list[str], nfes: list[int], *, num: int, seed: int,
         cache_dir, batch_size: int = 250, device="cpu", log=print) -> list[dict]:
     rows, features = [], []
-    for spec in specs:
-        label, name, options, spacing = parse_sampler(spec)
-        for budget in nfes:
-            try:
-                steps = steps_for_nfe(name, budget, model.schedule.T, **options)
-            except ValueError:
-                log(f"  {label}: cannot fit into {budget} NFE, skipped")
-                continue
-            used, grid = model.plan_grid(name, steps, spacing)
-            levels, info = generate(model, sampler=name, steps=steps, spacing=used, options=options, num=num,
-                                    seed=seed, levels=ref.levels, cache_dir=cache_dir, batch_size=batch_size,
-                                    device=device, timesteps=grid)
-            if device != "cpu" and torch.cuda.is_available():
-                peak = torch.cuda.max_memory_allocated() / 2**20
-            else:
-                peak = peak_rss_mb()
-            feats, probs = predict(ref.net, from_levels(levels, ref.levels))
-            row = {"sampler": label, "spacing": used, "timesteps": grid, "nfe_budget": budget, "steps": steps,
-                   "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
-                   "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
-                   "peak_memory_mb": peak, **score_features(feats, probs, ref)}
-            rows.append(row)
-            features.append(feats)
-            log(f"  {label:<24} NFE {row['nfe']:>4}  FID {row['fid']:.3f}  IS {row['is']:.2f}  "
-                f"{row['seconds_per_image']:.4f} s/img")
+    for p in plan(model, specs, nfes, log):
+        levels, info = generate(model, sampler=p.name, steps=p.steps, spacing=p.spacing, options=p.options, num=num,
+                                seed=seed, levels=ref.levels, cache_dir=cache_dir, batch_size=batch_size,
+                                device=device, timesteps=p.grid)
+        if device != "cpu" and torch.cuda.is_available():
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = peak_rss_mb()
+        feats, probs = predict(ref.net, from_levels(levels, ref.levels))
+        row = {"sampler": p.label, "spacing": p.spacing, "timesteps": p.grid, "nfe_budget": p.budget,
+               "steps": p.steps, "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
+               "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
+               "peak_memory_mb": peak, **score_features(feats, probs, ref)}
+        rows.append(row)
+        features.append(feats)
+        log(f"  {p.label:<24} NFE {row['nfe']:>4}  FID {row['fid']:.3f}  IS {row['is']:.2f}  "
+            f"{row['seconds_per_image']:.4f} s/img")
     compare_to_best(rows, features, ref)
     return rows
 

@@ -14,6 +14,7 @@ import torch
 from . import __version__
 from .machine import describe_machine, keep_freed_memory
 from .samplers import SAMPLERS, describe, sampler_options, steps_for_nfe
+from .samplers import parse_bool as parse_bool_text
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -37,10 +38,10 @@ def positive_int(text: str) -> int:
 
 
 def parse_bool(text: str) -> bool:
-    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-    return value
+    try:
+        return parse_bool_text(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def device_arg(text: str) -> str:
@@ -53,11 +54,8 @@ def device_arg(text: str) -> str:
     if torch.cuda.is_available():
         have += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        have.append("mps")
-    ok = dev is not None and (dev.type == "cpu" or (dev.type == "cuda" and "cuda" in have and
-                                                     (dev.index or 0) < torch.cuda.device_count())
-                              or (dev.type == "mps" and "mps" in have))
-    if not ok:
+        have += ["mps", "mps:0"]
+    if dev is None or (dev.type != "cpu" and str(dev) not in have):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device this machine has; valid here: {', '.join(have)}")
     return text
 
@@ -595,18 +593,11 @@ def _cmd_bench(args) -> None:
     if not specs:
         raise ValueError(f"--samplers {args.samplers!r} lists no sampler")
     model = load_model(args.model, device=args.device)
-    for spec in specs:  # every spec is checked at every budget before any sampling is spent
-        _, name, options, spacing = bench.parse_sampler(spec)
-        for budget in nfes:
-            try:
-                steps = steps_for_nfe(name, budget, model.schedule.T, **options)
-            except ValueError:
-                continue  # the run skips this budget and says so
-            try:
-                used, grid = model.plan_grid(name, steps, spacing)
-                check_setup(model, name, steps, used, grid, options)
-            except ValueError as e:
-                raise ValueError(f"sampler spec {spec!r} at {budget} NFE: {e}") from None
+    for row in bench.plan(model, specs, nfes):  # every row is checked before any sampling is spent
+        try:
+            check_setup(model, row.name, row.steps, row.spacing, row.grid, row.options)
+        except ValueError as e:
+            raise ValueError(f"sampler spec {row.label!r} at {row.budget} NFE: {e}") from None
     ref = reference_for(model, args.feature_net)
     log = (lambda *a: None) if args.quiet else print
     rows = bench.run(model, ref, specs, nfes, num=args.num, seed=args.seed, cache_dir=args.cache,

@@ -55,6 +55,14 @@ def sampler_options(name: str) -> dict[str, object]:
     return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _PLUMBING}
 
 
+def parse_bool(text: str) -> bool:
+    """A boolean option's value as text (the command line, bench specs): true/yes/1 or false/no/0."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ValueError(f"{text!r} is not true or false")
+    return value
+
+
 def nfe_for(name: str, steps: int, **options) -> int:
     """Network evaluations the sampler spends on a grid of ``steps`` timesteps."""
     get_sampler(name)
