@@ -129,16 +129,16 @@ def test_kill_9_leaves_the_checkpoint_whole(tmp_path):
 
 
 def test_moments_enable_the_optimal_variance(run_dir, tmp_path, cli_error):
-    import shutil
-
-    model = tmp_path / "m.safetensors"
-    shutil.copy(run_dir / "model.safetensors", model)
-    args = ["sample", "--model", model, "--sampler", "ddpm", "--variance", "optimal", "--steps", 10, "--num", 4]
+    source, model = run_dir / "model.safetensors", tmp_path / "m.safetensors"
+    before = source.read_bytes()
+    args = ["sample", "--model", source, "--sampler", "ddpm", "--variance", "optimal", "--steps", 10, "--num", 4]
     assert "needs the model's eps moments" in cli_error(*args, "--out", tmp_path / "a.png", "--quiet")
-    r = ddpmkit("moments", "--model", model, "--dataset", "digits", "--num", 32, "--timesteps", 4)
+    r = ddpmkit("moments", "--model", source, "--dataset", "digits", "--num", 32, "--timesteps", 4, "--out", model)
     assert r.returncode == 0 and "stored Analytic-DPM's eps moments" in r.stdout, r.stderr
+    assert source.read_bytes() == before  # --out writes a copy; the model's own file is untouched
     config = read_config(model)
     assert config["analytic"]["images"] == 32 and config["step"] == 30  # the rest of the config is kept
+    args[2] = model
     r = ddpmkit(*args, "--out", tmp_path / "b.npz", "--quiet")
     assert r.returncode == 0, r.stderr
     assert np.isfinite(np.load(tmp_path / "b.npz")["samples"]).all()

@@ -94,6 +94,13 @@ def test_digits_single_split_and_conversions():
     assert torch.equal(ds.images[:, 0], ds.images[:, 2])
 
 
+def test_a_data_folder_is_refused_where_none_is_read(tmp_path):
+    # a --data-dir given with digits most likely meant another dataset: say so rather than ignore it
+    for spec in ("digits", f"folder:{tmp_path}"):
+        with pytest.raises(ValueError, match=f"data folder \\({tmp_path}\\) was given for .*mnist"):
+            load_dataset(spec, tmp_path)
+
+
 # --- idx (MNIST, Fashion-MNIST) ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -390,6 +390,23 @@ def _check_writable(out: pathlib.Path, target_dir: pathlib.Path) -> None:
         raise ValueError(f"--out {out} cannot be written: {probe} is not a writable folder")
 
 
+def _model_out(args) -> pathlib.Path | None:
+    """tune and moments: the model file to write, None for --model's own file. A shipped model is
+    never rewritten in place (the installed file stays as its card describes): it needs --out."""
+    from .models import is_shipped_name
+
+    if args.out is None:
+        if is_shipped_name(args.model):
+            raise ValueError(f"--model {args.model} is a shipped model, which is not rewritten; give --out FILE "
+                             f"for a copy that holds the result (e.g. --out {args.model}-mine.safetensors)")
+        return None
+    out = pathlib.Path(args.out)
+    if out.suffix.lower() != ".safetensors" or out.is_dir():
+        raise ValueError(f"--out {args.out}: give a model file name ending in .safetensors")
+    _check_writable(out, out.parent)
+    return out
+
+
 def _read_init_noise(path: str, shape: tuple[int, ...]) -> torch.Tensor:
     import numpy as np
 
@@ -629,6 +646,7 @@ def _cmd_tune(args) -> None:
 
     sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
     _check_measure_args(args)
+    out = _model_out(args)
     steps_list = sorted(set(positive_int_list("--steps", args.steps)))
     model = load_model(args.model, device=args.device)
     T = model.schedule.T
@@ -656,7 +674,7 @@ def _cmd_tune(args) -> None:
                     "feature_net": ref.info["card"].get("data", ""), "candidates": cands, "grids_measured": len(seen)}
         print(f"{args.sampler}, {k} steps: timesteps {format_grid(grid)} "
               f"(FID {best:.2f} on {args.num} samples; {len(seen)} grids measured)")
-    file = store_tuned_grids(model.path, args.sampler, found)
+    file = store_tuned_grids(model.path, args.sampler, found, out)
     print(f"stored the tuned grids in {file}; sample, eval, bench and demo use them unless --spacing or "
           f"--timesteps says otherwise")
 
@@ -667,6 +685,7 @@ def _cmd_moments(args) -> None:
     from .data import load_dataset
     from .models import load_model, store_eps_moment
 
+    out = _model_out(args)
     model = load_model(args.model, device=args.device)
     if args.timesteps > model.schedule.T:
         raise ValueError(f"--timesteps {args.timesteps} exceeds the model's {model.schedule.T} timesteps; "
@@ -680,7 +699,7 @@ def _cmd_moments(args) -> None:
                                  num_timesteps=args.timesteps, batch_size=args.batch_size,
                                  seed=args.seed)
     info = {"dataset": data.name, "images": len(x0), "timesteps": args.timesteps, "seed": args.seed}
-    file = store_eps_moment(model.path, moment, info)
+    file = store_eps_moment(model.path, moment, info, out)
     print(f"stored Analytic-DPM's eps moments ({len(x0)} images x {args.timesteps} timesteps) in {file}; "
           f"Gamma ranges {moment.min():.4f}..{moment.max():.4f}")
 
@@ -691,6 +710,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+OUT_MODEL_HELP = ("model file (.safetensors) to write: a copy of --model with the result added (default: rewrite "
+                  "--model's own file; a shipped model needs --out)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -765,8 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "timesteps (each point in turn replaced by every candidate while that lowers FID, as Song et "
                        "al. 2023 chose their multistep consistency grids), measured on --num samples from seeds "
                        "disjoint from eval's default ones, with the sampler's default options. The grids found are stored in "
-                       "the model file (rewritten atomically); sample, eval, bench and demo then use them for that "
-                       "sampler and step count.")
+                       "the model file (rewritten atomically), or in a copy of it with --out; sample, eval, bench and "
+                       "demo then use them for that sampler and step count.")
     t.add_argument("--model", required=True, help="a model file, a training run's folder, or a shipped model's name")
     t.add_argument("--sampler", default="cm", help=f"one of: {', '.join(SAMPLERS)}")
     t.add_argument("--steps", default="1,2", help="comma-separated step counts to tune")
@@ -777,14 +800,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=positive_int, default=250, help="samples per network call")
     t.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     _add_measure_args(t)
+    t.add_argument("--out", default=None, help=OUT_MODEL_HELP)
     t.add_argument("--quiet", action="store_true", help="print only the grids found")
     t.set_defaults(func=_cmd_tune)
 
     m = sub.add_parser("moments", formatter_class=FMT, help="store Analytic-DPM's eps moments in a model file",
                        description="Estimate Gamma_t = E||eps_hat(x_t)||^2 / d (Bao et al. 2022) over training "
-                       "images and store it in the model file, so that `sample --sampler ddpm --variance optimal` "
-                       "works. Costs --num x --timesteps network evaluations, once.")
-    m.add_argument("--model", required=True, help="a model file, or a training run's folder")
+                       "images and store it in the model file (or in a copy of it with --out), so that `sample "
+                       "--sampler ddpm --variance optimal` works. Costs --num x --timesteps network evaluations, once.")
+    m.add_argument("--model", required=True, help="a model file, a training run's folder, or a shipped model's name")
     m.add_argument("--dataset", default="digits", help="the data the model was trained on")
     m.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: data/DATASET)")
     m.add_argument("--num", type=positive_int, default=1000, help="training images to average over")
@@ -792,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=positive_int, default=256, help="images per network call")
     m.add_argument("--seed", type=nonneg_int, default=0, help="seed of the image choice and the noise")
     m.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+    m.add_argument("--out", default=None, help=OUT_MODEL_HELP)
     m.set_defaults(func=_cmd_moments)
 
     sub.add_parser("samplers", formatter_class=FMT, help="list the samplers with their options and defaults").set_defaults(

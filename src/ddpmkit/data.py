@@ -116,7 +116,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, *, split:
                  download: bool = False, image_size: int | None = None,
                  channels: int | None = None) -> ImageDataset:
     """Load ``spec`` (one of ``DATASETS`` or ``folder:PATH``) from ``data_dir`` (default
-    ``data/<name>``; ignored by digits and folder). ``image_size`` resizes every image to a square
+    ``data/<name>``; digits and folder take none, and refuse one). ``image_size`` resizes every image to a square
     of that side (shorter side to ``image_size``, then a centre crop; Pillow bilinear) when it
     differs from the native size; ``channels`` (1 or 3) converts grey to RGB by repetition and RGB
     to grey with Pillow's ITU-R 601-2 luma."""
@@ -126,6 +126,10 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, *, split:
         raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
+    if data_dir is not None and (spec.startswith("folder:") or spec.strip().lower() == "digits"):
+        where = "is the folder itself" if spec.startswith("folder:") else "ship with scikit-learn"
+        raise ValueError(f"a data folder ({data_dir}) was given for {spec}, which reads none (its images {where}); "
+                         f"drop it, or name a dataset that reads one: {', '.join(d for d in DATASETS if d != 'digits')}")
     if spec.startswith("folder:"):
         _single_split(spec, split)
         images = _load_folder(spec[len("folder:"):], image_size, channels)

@@ -172,8 +172,6 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
                 steps = steps_for_nfe(name, budget, schedule.T, **opts)
             except ValueError:
                 continue  # cannot fit even one step into this budget (restart needs 2 + its restarts)
-            if name == "restart" and steps < 2:
-                continue
             extra = {"eps_moment": eps_moment} if opts.get("variance") == "optimal" else {}
             t0 = time.perf_counter()
             x, info = sample(model, schedule, sampler=name, steps=steps, spacing=spacing, init_noise=x_T,

@@ -120,28 +120,40 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
                        file, moment)
 
 
-def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict) -> pathlib.Path:
-    """Rewrite a model file (atomically) with extra tensors and config entries."""
+def is_shipped_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a shipped model (and no file or folder of that name is here)."""
+    return str(path) in SHIPPED and not pathlib.Path(path).exists()
+
+
+def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict,
+             out: str | os.PathLike | None = None) -> pathlib.Path:
+    """Rewrite a model file (atomically) with extra tensors and config entries; with ``out``, write
+    that file instead and leave the model's own file as it was."""
     from .checkpoint import save_checkpoint
 
     file = resolve(path)
     stored, config = load_tensors(file)
     config = {k: v for k, v in config.items() if k not in ("format", "version")}
     config.update(update)
-    save_checkpoint(file, {**stored, **(tensors or {})}, config)
-    return file
+    target = file if out is None else pathlib.Path(out)
+    save_checkpoint(target, {**stored, **(tensors or {})}, config)
+    return target
 
 
-def store_eps_moment(path: str | os.PathLike, moment: np.ndarray, info: dict) -> pathlib.Path:
-    """Add Analytic-DPM's Gamma_t table to a model file (rewritten atomically), so that
-    ``variance="optimal"`` works from it. ``info`` (data set, sample count, ...) goes to its config."""
+def store_eps_moment(path: str | os.PathLike, moment: np.ndarray, info: dict,
+                     out: str | os.PathLike | None = None) -> pathlib.Path:
+    """Add Analytic-DPM's Gamma_t table to a model file (rewritten atomically, or written to
+    ``out``), so that ``variance="optimal"`` works from it. ``info`` (data set, sample count, ...)
+    goes to its config."""
     return _rewrite(path, {"analytic.eps_moment": torch.as_tensor(np.asarray(moment, dtype=np.float64))},
-                    {"analytic": info})
+                    {"analytic": info}, out)
 
 
-def store_tuned_grids(path: str | os.PathLike, sampler: str, found: dict[int, dict]) -> pathlib.Path:
+def store_tuned_grids(path: str | os.PathLike, sampler: str, found: dict[int, dict],
+                      out: str | os.PathLike | None = None) -> pathlib.Path:
     """Add the grids ``ddpmkit tune`` found ({steps: {"timesteps": [...], and how they were
-    measured}}) to a model file (rewritten atomically), merged with those it already holds."""
+    measured}}) to a model file (rewritten atomically, or written to ``out``), merged with those it
+    already holds."""
     tuned = read_config(resolve(path)).get(TUNED_KEY, {})
     tuned.setdefault(sampler, {}).update({str(k): v for k, v in found.items()})
-    return _rewrite(path, None, {TUNED_KEY: tuned})
+    return _rewrite(path, None, {TUNED_KEY: tuned}, out)

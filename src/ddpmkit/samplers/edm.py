@@ -139,7 +139,8 @@ def restart(denoiser, x, grid, *, noise, restart_tmin: float = 0.06, restart_tma
     solve the ODE down again with ``restart_steps`` Heun steps on a Karras sub-grid (rho = 7). The
     restarts contract the errors accumulated so far, the ODE keeps each pass cheap. If the grid is so
     coarse that that point lies above ``restart_tmax``, the restart goes back up to the previous grid
-    point instead. Needs >= 2 steps to restart. N steps, 2N - 1 + 2 k restart_steps NFE."""
+    point instead. Needs N >= 2 steps (a point below the first to restart from); 2N - 1 + 2 k
+    restart_steps NFE."""
     if not 0.0 < restart_tmin < restart_tmax < math.inf:
         raise ValueError(f"need 0 < restart_tmin < restart_tmax; got {restart_tmin}, {restart_tmax}")
     for name, value in (("restart_k", restart_k), ("restart_steps", restart_steps)):
@@ -152,9 +153,9 @@ def restart(denoiser, x, grid, *, noise, restart_tmin: float = 0.06, restart_tma
         raise ValueError(f"restart_tmax={restart_tmax} exceeds the schedule's largest sigma {sched.sigma_max:.4g}")
     ts, sigmas = _sigmas(denoiser, grid)
     n = len(ts)
-    y = x * math.sqrt(1.0 + sigmas[0] ** 2)
     if n < 2:
-        return _heun_path(denoiser, y, sigmas, ts + [None], callback)
+        raise ValueError(f"restart needs at least 2 steps (a grid point to restart from); got {n}")
+    y = x * math.sqrt(1.0 + sigmas[0] ** 2)
     j = min(range(1, n), key=lambda i: abs(math.log(sigmas[i]) - math.log(restart_tmin)))
     y = _heun_path(denoiser, y, sigmas[: j + 1], ts[: j + 1], callback)  # the main ODE down to point j
     top = restart_tmax if restart_tmax > sigmas[j] else sigmas[j - 1]
