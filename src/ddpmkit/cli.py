@@ -664,7 +664,7 @@ def _cmd_tune(args) -> None:
         levels, _ = generate(model, sampler=args.sampler, steps=len(grid), spacing="explicit", options={},
                              timesteps=list(grid), num=args.num, seed=args.seed, levels=ref.levels,
                              cache_dir=args.cache, batch_size=args.batch_size, device=args.device)
-        return score(levels, ref, precision_recall=False)["fid"]
+        return score(levels, ref, precision_recall=False, standard_error=False)["fid"]
 
     found = {}
     for k in steps_list:

@@ -125,22 +125,26 @@ def chunk_files(folder: pathlib.Path, seed: int, num: int, chunk: int = 500) -> 
     return [(first, count, folder / f"seeds-{first:09d}-{count:05d}.npz") for first, count in counts]
 
 
-def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True) -> dict:
-    """FID with its bootstrap standard error, IS, KID, precision/recall (unless turned off: the
-    reference's k-NN radii cost seconds on a CPU) against the reference, and the class frequencies."""
+def score(levels_array: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True,
+          standard_error: bool = True) -> dict:
+    """FID with its bootstrap standard error, IS, KID, precision/recall against the reference, and
+    the class frequencies. ``precision_recall`` (the reference's k-NN radii cost seconds on a CPU)
+    and ``standard_error`` (100 resampled FIDs, a fraction of a second) can be turned off where only
+    the FID is read, as in ``ddpmkit tune``'s search."""
     feats, probs = predict(ref.net, from_levels(levels_array, ref.levels))
-    return score_features(feats, probs, ref, num_classes, precision_recall)
+    return score_features(feats, probs, ref, num_classes, precision_recall, standard_error)
 
 
 def score_features(feats: torch.Tensor, probs: torch.Tensor, ref: Reference, num_classes: int = 10,
-                   precision_recall: bool = True) -> dict:
+                   precision_recall: bool = True, standard_error: bool = True) -> dict:
     """``score`` from the feature network's features and class probabilities of the samples."""
     mu, sigma = metrics.feature_statistics(feats)
     is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(feats)))
     kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
     freq = np.bincount(probs.argmax(1).numpy(), minlength=num_classes) / len(feats)
     out = {"fid": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma),
-           "fid_se": metrics.fid_standard_error(feats, ref.mu, ref.sigma), "is": is_mean, "is_std": is_std,
+           "fid_se": metrics.fid_standard_error(feats, ref.mu, ref.sigma) if standard_error else None,
+           "is": is_mean, "is_std": is_std,
            "kid": kid, "kid_std": kid_std, "class_frequencies": freq.tolist()}
     if precision_recall:
         out["precision"], out["recall"] = metrics.precision_recall(ref.features, feats)
