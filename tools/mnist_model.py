@@ -16,7 +16,14 @@ phase must fit a deadline:
    processes over disjoint, chunk-aligned seed ranges into the eval cache (one process cannot keep
    a GPU busy while it draws per-sample noise on the CPU), then ``ddpmkit eval`` scores them.
 
+With ``--model FILE`` it trains nothing: phases 1-3 are skipped and only phase 4 runs on that model,
+for ``--variances`` (a lease of 15 minutes holds one 1000-step variance of 10k samples). Chunks
+already in ``--work``/cache (carried from an earlier lease or a CPU run) are reused, and the
+finished chunks go into results.tar with the scores, so a lease cut short leaves them for the next.
+
 What the leases ran is in src/ddpmkit/assets/models/README.md.
+Measuring only (the smoke test of that mode): python tools/mnist_model.py --device cpu --model mnist
+    --out /tmp/o --work /tmp/w --ddpm-full --variances small --ddpm-steps 3 --num 600 --workers 2 --deadline 300
 A CPU smoke test: python tools/mnist_model.py --device cpu --data-dir DIR --out /tmp/o --run /tmp/r
     --work /tmp/w --smoke --train-seconds 20 --probe 2 --round 1 --distill-seconds 20 --distill-probe 2
     --num 100 --batch-size 100 --bench-samplers ddim --bench-nfe 5
@@ -133,7 +140,9 @@ def pack(out: pathlib.Path, paths: list[pathlib.Path]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--data-dir", default=None, help="MNIST's idx files (needed unless --model is given)")
+    ap.add_argument("--model", default=None,
+                    help="measure this model (a file or a shipped name) instead of training one: only phase 4 runs")
     ap.add_argument("--run", default="runs/mnist")
     ap.add_argument("--out", required=True, help="folder for the model files and results.tar")
     ap.add_argument("--work", default="runs/mnist-eval", help="folder for bench outputs and the sample cache")
@@ -151,7 +160,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2500)
     ap.add_argument("--bench-samplers", default="ddim,dpmpp-2m@logsnr,unipc@logsnr,ddpm")
     ap.add_argument("--bench-nfe", default="10,20")
-    ap.add_argument("--ddpm-full", action="store_true", help="also DDPM with all steps, both variances")
+    ap.add_argument("--ddpm-full", action="store_true", help="also DDPM with all steps, for each of --variances")
+    ap.add_argument("--variances", default="small,large", help="the DDPM variances --ddpm-full runs, in order")
     ap.add_argument("--workers", type=int, default=10)
     ap.add_argument("--ddpm-steps", type=int, default=1000)
     ap.add_argument("--worker", nargs=8, default=None, help=argparse.SUPPRESS)
@@ -161,12 +171,20 @@ def main() -> None:
         generate_worker(model, variance, int(steps), int(first), int(num), cache, device, int(bs))
         return
 
+    variances = [v for v in a.variances.split(",") if v]
+    if not set(variances) <= {"small", "large"} or not variances:
+        ap.error(f"--variances {a.variances!r}: give small, large or both, comma-separated")
+    if a.model is None and a.data_dir is None:
+        ap.error("--data-dir is needed to train (or give --model to measure a model already trained)")
     out, run = pathlib.Path(a.out), pathlib.Path(a.run)
     out.mkdir(parents=True, exist_ok=True)
     r = Runner(out, a.deadline)
     res = pathlib.Path(a.work)  # everything but the model files goes into results.tar
     res.mkdir(parents=True, exist_ok=True)
     common = ["--device", a.device, "--quiet"]
+    if a.model is not None:
+        measure_full_ddpm(a, r, a.model, res, out, [out / "commands.json"], variances, common)
+        return
     if a.smoke:
         for opts in (TRAIN, DISTILL):
             opts[opts.index("--batch-size") + 1] = "8"
@@ -206,16 +224,34 @@ def main() -> None:
             keep += [p for p in sorted((res / f"bench-{cm_run.name}").glob("*")) if p.suffix in (".md", ".json")]
             pack(out, keep)
 
-    # 4. DDPM with every step, both variances
+    # 4. DDPM with every step
+    if a.ddpm_full:
+        measure_full_ddpm(a, r, model, res, out, keep, variances, common)
+    else:
+        r.save()
+        pack(out, keep)
+        print(f"done in {time.monotonic() - r.start:.0f}s", flush=True)
+
+
+def measure_full_ddpm(a, r: Runner, model: str, res: pathlib.Path, out: pathlib.Path, keep: list[pathlib.Path],
+                      variances: list[str], common: list[str]) -> None:
+    """Phase 4: DDPM with all --ddpm-steps steps for each variance, sampled by --workers processes
+    into the eval cache, then scored by ``ddpmkit eval``; the scores and the cache's chunks of that
+    variance are packed into results.tar after each variance."""
+    from ddpmkit.evaluate import cache_key, load_reference
+    from ddpmkit.models import load_model
+
     cache = res / "cache"
     per = math.ceil(a.num / a.workers / 500) * 500  # chunk-aligned seed ranges (eval caches 500 per file)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for variance in ("small", "large") if a.ddpm_full else ():
+    loaded, levels = load_model(model), load_reference("mnist").levels
+    for variance in variances:
+        chunks = cache / cache_key(loaded, "ddpm", a.ddpm_steps, "trailing", {"variance": variance}, levels)
         if r.left() < 90:
             print(f"skipped ddpm {a.ddpm_steps} {variance}: {r.left():.0f}s left", flush=True)
             continue
         t0 = time.monotonic()
-        procs = [subprocess.Popen([sys.executable, __file__, "--data-dir", a.data_dir, "--out", a.out, "--worker",
+        procs = [subprocess.Popen([sys.executable, __file__, "--out", a.out, "--worker",
                                    model, variance, str(a.ddpm_steps), str(first), str(min(per, a.num - first)),
                                    str(cache), a.device, str(min(per, 1000))], env=env)
                  for first in range(0, a.num, per)]
@@ -225,6 +261,7 @@ def main() -> None:
             for p in procs:
                 p.kill()
             print(f"ddpm {a.ddpm_steps} {variance}: workers stopped at the deadline", flush=True)
+            pack(out, keep + sorted(chunks.glob("seeds-*.npz")))  # the finished chunks, for the next lease
             continue
         r.records.append({"command": f"{len(procs)} workers: ddpm {a.ddpm_steps} steps, variance {variance}, "
                                      f"{a.num} samples into the eval cache", "seconds": round(time.monotonic() - t0, 1),
@@ -232,7 +269,7 @@ def main() -> None:
         name = f"ddpm{a.ddpm_steps}-{variance}.json"
         r.run(ddpmkit("eval", "--model", model, "--sampler", "ddpm", "--steps", a.ddpm_steps, "--variance", variance,
                       "--num", a.num, "--cache", cache, "--out", res / name, *common))
-        keep.append(res / name)
+        keep += [res / name, *sorted(chunks.glob("seeds-*.npz"))]
         pack(out, keep)
     r.save()
     pack(out, keep)
