@@ -1,0 +1,35 @@
+"""The maintainers' tools that the model card's numbers come from."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_lease_tool_measures_a_given_model_into_chunks_that_eval_reads(tmp_path):
+    """tools/mnist_model.py --model: no training, DDPM with all (here 2) steps sampled by worker
+    processes into the cache, where ``ddpmkit eval`` finds them; results.tar holds the score and
+    the chunks."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "mnist_model.py"), "--device", "cpu", "--model", "mnist",
+                        "--out", str(out), "--work", str(work), "--run", str(tmp_path / "run"), "--ddpm-full", "--variances", "large",
+                        "--ddpm-steps", "2", "--num", "12", "--workers", "2", "--deadline", "300"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in out.iterdir()) == ["commands.json",
+                                                                                          "results.tar"]
+    with tarfile.open(out / "results.tar") as tar:
+        names = tar.getnames()
+    # the eval after the workers sampled nothing: the workers' chunks lie under eval's cache key, and
+    # that folder's chunks are what the tar carries to the next lease
+    report = json.loads((work / "ddpm2-large.json").read_text())
+    assert report["options"] == {"variance": "large"} and report["cached_samples"] == 12
+    (folder,) = (work / "cache").iterdir()
+    assert [n for n in names if n.startswith("cache/")] == [f"cache/{folder.name}/seeds-000000000-00012.npz"]
+    assert any(n.endswith("/work/ddpm2-large.json") for n in names), names
+    assert "--variances 'tiny': give small, large or both" in subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "mnist_model.py"), "--model", "mnist", "--out", str(tmp_path / "x"),
+         "--variances", "tiny"], capture_output=True, text=True, timeout=600).stderr
