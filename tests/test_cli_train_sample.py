@@ -92,10 +92,13 @@ def test_sample_errors(run_dir, tmp_path, cli_error):
     ]
     for args, message in cases:
         assert message in cli_error("sample", *args, *out)
-    err = cli_error("sample", *ok, "--out", tmp_path / "missing" / "deeper" / "x.png")
-    assert "is not a writable folder" in err
-    assert "cannot be written" in cli_error("sample", *ok, "--out", tmp_path / "f.safetensors" / "x.png")
+    assert f"cannot be written: {foreign} is a file" in cli_error("sample", *ok, "--out", foreign / "d" / "x.png")
     assert not (tmp_path / "o.png").exists()  # nothing half-written
+    # missing folders are made, once the samples are there to write (as demo, bench and train do)
+    for target in (tmp_path / "missing" / "deeper" / "x.png", tmp_path / "new" / "pngs"):
+        r = ddpmkit("sample", *ok, "--sampler", "ddim", "--steps", 2, "--num", 2, "--out", target, "--quiet")
+        assert r.returncode == 0 and target.exists(), r.stderr
+    assert sorted(p.name for p in (tmp_path / "new" / "pngs").iterdir()) == ["000000.png", "000001.png"]
 
 
 def test_train_errors(tmp_path, cli_error):

@@ -84,7 +84,7 @@ def _cmd_demo(args) -> None:
     out = pathlib.Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out} must name a .png file")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(out, out.parent)
     if args.exact:
         from .exact_demo import markdown_table, run_demo
 
@@ -99,6 +99,7 @@ def _cmd_demo(args) -> None:
         what = f"the shipped MNIST models, {num} samples per sampler (same seeds in every row)"
     if not args.quiet:
         print(f"Sampling {what}:")
+    out.parent.mkdir(parents=True, exist_ok=True)  # the samplers' checks are behind us; what follows writes
     results = run_demo(str(out), num=num, quiet=args.quiet)
     table = markdown_table(results, num)
     flags = " --exact" if args.exact else ""
@@ -384,9 +385,14 @@ def _output_kind(out: pathlib.Path) -> str:
 
 
 def _check_writable(out: pathlib.Path, target_dir: pathlib.Path) -> None:
-    """The folder that --out writes into exists and is writable, or can be made in one that is."""
-    probe = target_dir if target_dir.exists() else target_dir.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    """The folder that --out writes into exists and is writable, or can be made (with any missing
+    parents, once there is something to write) in the nearest existing folder, which is writable."""
+    probe = target_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"--out {out} cannot be written: {probe} is a file")
+    if not os.access(probe, os.W_OK):
         raise ValueError(f"--out {out} cannot be written: {probe} is not a writable folder")
 
 
@@ -468,6 +474,7 @@ def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_ra
     from .files import atomic_path
     from .images import grid_scale, labelled_grid, save_image, to_uint8
 
+    (out if kind == "dir" else out.parent).mkdir(parents=True, exist_ok=True)
     if kind == "npz":
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
@@ -481,7 +488,6 @@ def _write_samples(x: torch.Tensor, seeds, out: pathlib.Path, kind: str, data_ra
         scale = grid_scale(x.shape[2])
         save_image(labelled_grid(rows, [""] * len(rows), scale=scale, data_range=data_range), out)
     else:
-        out.mkdir(exist_ok=True)
         for img, seed in zip(to_uint8(x, data_range), seeds):
             pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
             with atomic_path(out / f"{seed:06d}.png") as tmp:
@@ -528,6 +534,7 @@ def _cmd_eval(args) -> None:
               "floor": floor_for(ref, args.num), "reference": ref.info["reference"], "cached_samples": info["cached"]}
     if inception is not None:
         result["inception"] = _inception_scores(inception, levels, ref.levels, args)
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(result, indent=1) + "\n")
     fl = result["floor"]
     print("| sampler | NFE | samples | FID | IS | KID | precision | recall | s/image |\n|---|---|---|---|---|---|---|---|---|")
@@ -619,7 +626,7 @@ def _cmd_bench(args) -> None:
     log = (lambda *a: None) if args.quiet else print
     rows = bench.run(model, ref, specs, nfes, num=args.num, seed=args.seed, cache_dir=args.cache,
                      batch_size=args.batch_size, device=args.device, log=log)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine(args.device)
     command = "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     header = (f"# Sampler benchmark\n\n`{command}` — model {model.path} (step {model.config.get('step')}), "

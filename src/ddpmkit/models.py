@@ -136,6 +136,7 @@ def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict,
     config = {k: v for k, v in config.items() if k not in ("format", "version")}
     config.update(update)
     target = file if out is None else pathlib.Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(target, {**stored, **(tensors or {})}, config)
     return target
 
