@@ -57,11 +57,16 @@ class LoadedModel:
         return spacing, grid
 
 
+def is_shipped_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a shipped model (and no file or folder of that name is here)."""
+    return str(path) in SHIPPED and not pathlib.Path(path).exists()
+
+
 def resolve(path: str | os.PathLike) -> pathlib.Path:
     """A shipped model's name (``SHIPPED``), a checkpoint file, or a training run's folder (its
     model.safetensors, else checkpoint.safetensors). A path that exists wins over a name."""
     p = pathlib.Path(path)
-    if not p.exists() and str(path) in SHIPPED:
+    if is_shipped_name(path):
         file = SHIPPED_DIR / f"{path}.safetensors"
         if not file.is_file():
             raise CheckpointError(f"the shipped model {path!r} is missing from this installation ({file})")
@@ -118,11 +123,6 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
             raise CheckpointError(f"{file}: analytic.eps_moment has shape {moment.shape}, expected ({schedule.T},)")
     return LoadedModel(net.to(device).eval().requires_grad_(False), schedule, prediction, shape, data_range, config,
                        file, moment)
-
-
-def is_shipped_name(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a shipped model (and no file or folder of that name is here)."""
-    return str(path) in SHIPPED and not pathlib.Path(path).exists()
 
 
 def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict,
