@@ -34,6 +34,11 @@ BLOCK = 2000
 
 def cached_features(report: dict, ref, cache: pathlib.Path) -> torch.Tensor:
     """The features of an eval report's samples, read from the cache (refused if any chunk is missing)."""
+    return cached_predictions(report, ref, cache)[0]
+
+
+def cached_predictions(report: dict, ref, cache: pathlib.Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The feature network's (features, class probabilities) of an eval report's cached samples."""
     model = load_model(report["model"])
     steps = report["steps"]
     folder = cache / cache_key(model, report["sampler"], steps, report["spacing"], report["options"], ref.levels,
@@ -45,7 +50,7 @@ def cached_features(report: dict, ref, cache: pathlib.Path) -> torch.Tensor:
     levels, _ = generate(model, sampler=report["sampler"], steps=steps, spacing=report["spacing"],
                          options=report["options"], timesteps=report["timesteps"], num=report["num"],
                          seed=report["seed"], levels=ref.levels, cache_dir=cache)
-    return predict(ref.net, from_levels(levels, ref.levels))[0]
+    return predict(ref.net, from_levels(levels, ref.levels))
 
 
 def fid(feats, ref) -> float:
