@@ -33,3 +33,18 @@ def test_lease_tool_measures_a_given_model_into_chunks_that_eval_reads(tmp_path)
     assert "--variances 'tiny': give small, large or both" in subprocess.run(
         [sys.executable, str(ROOT / "tools" / "mnist_model.py"), "--model", "mnist", "--out", str(tmp_path / "x"),
          "--variances", "tiny"], capture_output=True, text=True, timeout=600).stderr
+
+
+def test_one_split_is_of_confident_balanced_predictions_is_the_class_count():
+    """IS = exp(E KL(p(y|x) || p(y))): one-hot predictions spread evenly over k classes give exactly k
+    (KL = log k for every sample); a bootstrap resample is unbalanced, so it reads at most k."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from is_small_sample import one_split_is
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    probs = np.eye(10)[np.arange(500) % 5]  # 5 of 10 classes, 100 samples each
+    value, se = one_split_is(probs, resamples=50)
+    assert abs(value - 5.0) < 1e-9 and 0 < se < 0.05
