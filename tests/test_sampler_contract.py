@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpmkit import GaussianMixture, NoiseSchedule, SeededNoise, sample
-from ddpmkit.samplers import MIN_STEPS, SAMPLERS, nfe_for, sampler_options, steps_for_nfe
+from ddpmkit.samplers import SAMPLERS, min_steps, nfe_for, sampler_options, steps_for_nfe
 
 SCHED = NoiseSchedule("cosine", 1000)
 MIX = GaussianMixture(torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(0)), 0.2)
@@ -45,7 +45,7 @@ def test_seed_invariance(name, spacing):
 @pytest.mark.parametrize("steps", [1, 2, 5, 12])
 def test_reported_nfe_is_the_number_of_model_calls(name, steps):
     model = Counting()
-    if steps < MIN_STEPS.get(name, (1,))[0]:  # refused, before any network call, rather than run as another sampler
+    if steps < min_steps(name):  # refused, before any network call, rather than run as another sampler
         with pytest.raises(ValueError, match=f"{name} needs at least .* steps .*; got {steps}"):
             sample(model, SCHED, sampler=name, steps=steps, prediction="v", shape=(2, *SHAPE))
         with pytest.raises(ValueError, match="needs at least"):
@@ -60,7 +60,7 @@ def test_reported_nfe_is_the_number_of_model_calls(name, steps):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_nfe_budget(name):
     for budget in (5, 10, 20):
-        least = MIN_STEPS.get(name, (1,))[0]
+        least = min_steps(name)
         if nfe_for(name, least) > budget:  # restart's fewest steps cost 15 NFE: smaller budgets are refused
             with pytest.raises(ValueError, match=f"needs more than {budget} network evaluations"):
                 steps_for_nfe(name, budget, SCHED.T)

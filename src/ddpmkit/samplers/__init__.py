@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from ._common import MIN_STEPS, check_steps, min_steps
 from .consistency import cm
 from .ddim import ddim
 from .ddpm import ddpm
@@ -38,8 +39,6 @@ _NFE: dict[str, Callable[..., int]] = {
     "heun": lambda n, **opts: 2 * n - 1,  # no correction on the last step into sigma = 0
     "restart": lambda n, restart_k=2, restart_steps=3, **opts: 2 * n - 1 + 2 * restart_k * restart_steps,
 }
-# the fewest steps a sampler takes, where it is not 1, and why
-MIN_STEPS: dict[str, tuple[int, str]] = {"restart": (2, "a grid point below the first to restart from")}
 
 _PLUMBING = ("noise", "callback")
 
@@ -72,18 +71,11 @@ def nfe_for(name: str, steps: int, **options) -> int:
     return _NFE[name](steps, **options) if name in _NFE else steps
 
 
-def check_steps(name: str, steps: int) -> None:
-    """An error where ``steps`` is fewer than the sampler can take."""
-    least, why = MIN_STEPS.get(name, (1, ""))
-    if steps < least:
-        raise ValueError(f"{name} needs at least {least} steps ({why}); got {steps}")
-
-
 def steps_for_nfe(name: str, nfe: int, T: int, **options) -> int:
     """The most steps (<= T) whose NFE does not exceed ``nfe``; an error if even one step costs more."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe={nfe!r} is not valid; need an integer >= 1")
-    best, least = None, MIN_STEPS.get(name, (1,))[0]
+    best, least = None, min_steps(name)
     for steps in range(least, T + 1):  # NFE grows with steps; stop at the first that is too many
         if nfe_for(name, steps, **options) > nfe:
             break
@@ -100,5 +92,5 @@ def describe(name: str) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
-__all__ = ["SAMPLERS", "MIN_STEPS", "get_sampler", "sampler_options", "nfe_for", "check_steps", "steps_for_nfe",
-           "describe"]
+__all__ = ["SAMPLERS", "MIN_STEPS", "get_sampler", "sampler_options", "nfe_for", "check_steps", "min_steps",
+           "steps_for_nfe", "describe"]

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from ._common import check_steps
+
 
 def _sigma(abar: float) -> float:
     return math.sqrt((1.0 - abar) / abar) if abar > 0.0 else math.inf
@@ -153,8 +155,7 @@ def restart(denoiser, x, grid, *, noise, restart_tmin: float = 0.06, restart_tma
         raise ValueError(f"restart_tmax={restart_tmax} exceeds the schedule's largest sigma {sched.sigma_max:.4g}")
     ts, sigmas = _sigmas(denoiser, grid)
     n = len(ts)
-    if n < 2:
-        raise ValueError(f"restart needs at least 2 steps (a grid point to restart from); got {n}")
+    check_steps("restart", n)
     y = x * math.sqrt(1.0 + sigmas[0] ** 2)
     j = min(range(1, n), key=lambda i: abs(math.log(sigmas[i]) - math.log(restart_tmin)))
     y = _heun_path(denoiser, y, sigmas[: j + 1], ts[: j + 1], callback)  # the main ODE down to point j
