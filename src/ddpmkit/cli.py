@@ -335,16 +335,18 @@ def _denoising(args) -> dict:
     return given
 
 
+def _nearest_existing(path: pathlib.Path) -> pathlib.Path:
+    """``path`` itself or its nearest ancestor that exists: where a missing folder would be made."""
+    return next((q for q in (path, *path.parents) if q.exists()), pathlib.Path("."))
+
+
 def _check_folder(option: str, path: str) -> None:
     """A folder we will create or write into must not be a file, nor lie under one."""
-    p = pathlib.Path(path)
     if str(path) == "":
         raise ValueError(f"{option} is empty; give a folder")
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise ValueError(f"{option} {path} cannot be a folder: {q} is a file")
-            break
+    q = _nearest_existing(pathlib.Path(path))
+    if not q.is_dir():
+        raise ValueError(f"{option} {path} cannot be a folder: {q} is a file")
 
 
 def _check_measure_args(args) -> None:
@@ -387,10 +389,8 @@ def _output_kind(out: pathlib.Path) -> str:
 def _check_writable(out: pathlib.Path, target_dir: pathlib.Path) -> None:
     """The folder that --out writes into exists and is writable, or can be made (with any missing
     parents, once there is something to write) in the nearest existing folder, which is writable."""
-    probe = target_dir
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
+    probe = _nearest_existing(target_dir)
+    if not probe.is_dir():
         raise ValueError(f"--out {out} cannot be written: {probe} is a file")
     if not os.access(probe, os.W_OK):
         raise ValueError(f"--out {out} cannot be written: {probe} is not a writable folder")
