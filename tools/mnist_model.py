@@ -183,7 +183,9 @@ def main() -> None:
     res.mkdir(parents=True, exist_ok=True)
     common = ["--device", a.device, "--quiet"]
     if a.model is not None:
-        measure_full_ddpm(a, r, a.model, res, out, [out / "commands.json"], variances, common)
+        keep = [out / "commands.json"]
+        measure_full_ddpm(a, r, a.model, res, out, keep, variances, common)
+        finish(r, out, keep)
         return
     if a.smoke:
         for opts in (TRAIN, DISTILL):
@@ -227,17 +229,20 @@ def main() -> None:
     # 4. DDPM with every step
     if a.ddpm_full:
         measure_full_ddpm(a, r, model, res, out, keep, variances, common)
-    else:
-        r.save()
-        pack(out, keep)
-        print(f"done in {time.monotonic() - r.start:.0f}s", flush=True)
+    finish(r, out, keep)
+
+
+def finish(r: Runner, out: pathlib.Path, keep: list[pathlib.Path]) -> None:
+    r.save()
+    pack(out, keep)
+    print(f"done in {time.monotonic() - r.start:.0f}s", flush=True)
 
 
 def measure_full_ddpm(a, r: Runner, model: str, res: pathlib.Path, out: pathlib.Path, keep: list[pathlib.Path],
                       variances: list[str], common: list[str]) -> None:
     """Phase 4: DDPM with all --ddpm-steps steps for each variance, sampled by --workers processes
     into the eval cache, then scored by ``ddpmkit eval``; the scores and the cache's chunks of that
-    variance are packed into results.tar after each variance."""
+    variance are packed into results.tar after each variance (``keep`` grows by them)."""
     from ddpmkit.evaluate import cache_key, load_reference
     from ddpmkit.models import load_model
 
@@ -271,9 +276,6 @@ def measure_full_ddpm(a, r: Runner, model: str, res: pathlib.Path, out: pathlib.
                       "--num", a.num, "--cache", cache, "--out", res / name, *common))
         keep += [res / name, *sorted(chunks.glob("seeds-*.npz"))]
         pack(out, keep)
-    r.save()
-    pack(out, keep)
-    print(f"done in {time.monotonic() - r.start:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
