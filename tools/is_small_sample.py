@@ -1,6 +1,6 @@
 """How far below its 10k value does IS read on a few hundred samples? Writes is-small-sample.json and .md.
 
-    python tools/is_small_sample.py --out docs/bench-mnist/first500 docs/bench-mnist/first500/*.json
+    python tools/is_small_sample.py --out docs/bench-mnist docs/bench-mnist/first500/*.json
 
 Each argument is a ``ddpmkit eval`` report whose samples are in the cache (``--cache``); nothing is
 sampled here. For every report: IS as ``eval`` reports it (10 splits, Salimans et al. 2016), IS on
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         report = json.loads(pathlib.Path(path).read_text())
         probs = cached_predictions(report, ref, pathlib.Path(args.cache))[1].numpy()
         name = label(report)
-        ten_k = shipped.get(name, {}).get("is") if shipped.get(name, {}).get("num") == 10000 else None
+        entry = shipped.get(name, {})
+        ten_k = entry["is"] if entry.get("num") == 10000 else None
         one, se = one_split_is(probs, args.resamples)
         rows.append({"sampler": name, "num": len(probs), "is_10_splits": metrics.inception_score(probs, 10)[0],
                      "is_one_split": one, "is_one_split_se": se, "is_10k": ten_k})
