@@ -14,7 +14,7 @@ from torch import nn
 
 from ddpmkit.consistency import ConsistencyFunction, abar_tensor, c_skip
 from ddpmkit.distill import (Distiller, Pair, with_x0_head, consistency_loss, ict_index_probs, ict_num_scales, karras_timesteps,
-                             pair_states, teacher_step, to_vp)
+                             pair_states, teacher_step)
 from ddpmkit.models import load_model
 from ddpmkit.nets import build_unet
 from ddpmkit.nets.unet import timestep_embedding
@@ -22,6 +22,7 @@ from ddpmkit.oracles import GaussianMixture
 from ddpmkit.sampling import sample
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.train import train
+from ddpmkit.vp import x_from_y
 
 SCHED = NoiseSchedule("linear", 1000)
 
@@ -100,7 +101,7 @@ def test_distillation_of_an_exact_teacher_learns_the_ode_endpoint():
     sig = ((1 - abar) / abar).sqrt()
 
     def teacher_x0(y, t, sigma):
-        return oracle.denoise(to_vp(y, sigma).double(), 1.0 / (1 + sigma**2))
+        return oracle.denoise(x_from_y(y, sigma).float().double(), 1.0 / (1 + sigma**2))
 
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
@@ -144,6 +145,30 @@ def test_teacher_step_is_exact_on_a_gaussian():
     assert oracle.std == 0.5
     for solver, ratio in (("heun", 8.0), ("ddim", 4.0)):  # local errors O(h^3) and O(h^2)
         assert err(2.0, 1.6, solver) / err(2.0, 1.8, solver) == pytest.approx(ratio, rel=0.25)
+
+
+def test_teacher_step_is_the_heun_samplers_step():
+    """Distillation's teacher and the heun sampler take one Heun step (``samplers.edm.heun_step``):
+    from the same state on the same pair of noise levels they land on the same point."""
+    from ddpmkit.prediction import Denoiser
+    from ddpmkit.samplers import SAMPLERS
+    from ddpmkit.vp import abar_from_sigma, sigma_from_abar, x0_from_output, y_from_x
+
+    g = torch.Generator().manual_seed(4)
+    model = GaussianMixture(torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), 0.3).model(SCHED, "v")
+    grid, x_T = [700.0, 400.5], torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    seen = []
+    SAMPLERS["heun"](Denoiser(model, SCHED, "v"), x_T, grid, noise=None, callback=lambda i, t, x, x0: seen.append(x))
+    t_hi, s_hi, t_lo, s_lo = (torch.full((2,), v, dtype=torch.float64)
+                              for v in (grid[0], sigma_from_abar(SCHED.abar_at(grid[0])),
+                                        grid[1], sigma_from_abar(SCHED.abar_at(grid[1]))))
+
+    def teacher_x0(y, t, sigma):
+        x_t = x_from_y(y, sigma)
+        return x0_from_output(model(x_t, t), x_t, abar_from_sigma(sigma), "v")
+
+    y_lo = teacher_step(teacher_x0, y_from_x(x_T, s_hi), Pair(t_hi, s_hi, t_lo, s_lo), "heun")
+    torch.testing.assert_close(x_from_y(y_lo, s_lo), seen[1], rtol=1e-10, atol=1e-10)
 
 
 def test_ict_curriculum_and_noise_distribution():

@@ -1,11 +1,12 @@
 """One contract, checked for every registered sampler."""
 
 import inspect
+import math
 
 import pytest
 import torch
 
-from ddpmkit import GaussianMixture, NoiseSchedule, SeededNoise, sample
+from ddpmkit import Denoiser, GaussianMixture, NoiseSchedule, SeededNoise, sample
 from ddpmkit.samplers import SAMPLERS, min_steps, nfe_for, sampler_options, steps_for_nfe
 
 SCHED = NoiseSchedule("cosine", 1000)
@@ -111,6 +112,101 @@ def test_zero_terminal_snr(name):
 
 def test_optimal_variance_refuses_zero_terminal_snr():
     gm = GaussianMixture.gaussian(0.3, 0.5, (1, 4, 4))
+    den = Denoiser(gm.model(ZSNR, "v"), ZSNR, "v")
     with pytest.raises(ValueError, match="undefined at abar = 0"):
-        sample(gm.model(ZSNR, "v"), ZSNR, sampler="ddpm", variance="optimal", eps_moment=[0.5] * 1000, steps=8,
-               prediction="v", shape=(1, 1, 4, 4))
+        SAMPLERS["ddpm"](den, torch.zeros(1, 1, 4, 4), ZSNR.grid(8), noise=None, variance="optimal",
+                         eps_moment=[0.5] * 1000)
+    assert den.nfe == 0
+
+
+# -- each sampler's check, against the sampler itself -------------------------------------------------
+GAMMA = [0.5] * 1000  # any Gamma table lets ddpm take variance='optimal'
+GRIDS = {  # (schedule, grid)
+    "trailing": (SCHED, SCHED.grid(6, "trailing")),
+    "karras": (SCHED, SCHED.grid(5, "karras")),
+    "one step": (SCHED, SCHED.grid(1, "trailing")),
+    "zero snr": (ZSNR, ZSNR.grid(6, "trailing")),
+    "off the schedule": (SCHED, [1200.0, 3.0]),
+}
+BAD_OPTIONS = {
+    "ddpm": [{"variance": "tiny"}, {"variance": "optimal"}, {"variance": "optimal", "eps_moment": GAMMA},
+             {"variance": "optimal", "eps_moment": [0.5] * 10}, {"eps_moment": [float("nan")] * 1000},
+             {"variance": "large"}],
+    "ddim": [{"eta": 2.0}, {"eta": -0.1}, {"eta": True}, {"eta": float("nan")}, {"eta": 1.0}],
+    "euler": [{"s_churn": -1.0}, {"s_churn": math.inf}, {"s_tmin": 2.0, "s_tmax": 1.0}, {"s_noise": -1.0},
+              {"s_churn": 10.0, "s_tmin": 0.1, "s_tmax": 5.0}],
+    "euler-ancestral": [{"eta": -1.0}, {"eta": 1.5}, {"s_noise": -1.0}, {"s_noise": float("nan")}, {"eta": 0.5}],
+    "unipc": [{"order": 0}, {"order": 4}, {"order": 2.5}, {"variant": "bh3"}, {"order": 3, "corrector": False}],
+    "restart": [{"restart_tmin": 0.0}, {"restart_tmin": 0.5, "restart_tmax": 0.4}, {"restart_tmax": math.inf},
+                {"restart_k": 0}, {"restart_k": 1.5}, {"restart_steps": True}, {"restart_steps": 0},
+                {"s_noise": -1.0}, {"restart_tmax": 1e6}, {"restart_k": 1, "restart_steps": 1}],
+    "cm": [{"clip_denoised": False}],
+}
+# not descending, so only a direct call can ask for it, and only cm refuses it rather than divide by zero
+CM_GRIDS = {"back to abar 0": (ZSNR, [500.0, 999.0])}
+BAD_OPTIONS["heun"] = BAD_OPTIONS["euler"]
+
+
+def outcome(fn, *args, **kwargs) -> str | None:
+    """None where ``fn`` returns, else the message of the ValueError it raises."""
+    try:
+        fn(*args, **kwargs)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_check_raises_what_the_sampler_raises(name):
+    """``check`` (the up-front check of a plan) refuses exactly what the sampler refuses, with the same
+    message, and a refused setup costs no network evaluation."""
+    from ddpmkit.samplers import check
+
+    refused = 0
+    for grid_name, (sched, grid) in (GRIDS | CM_GRIDS if name == "cm" else GRIDS).items():
+        for options in [{}, *BAD_OPTIONS.get(name, [])]:
+            model = Counting()
+            model.model = MIX.model(sched, "v")
+            den = Denoiser(model, sched, "v")
+            noise = SeededNoise(range(2), SHAPE, dtype=torch.float64)
+            ran = outcome(SAMPLERS[name], den, noise(), grid, noise=noise, **options)
+            checked = outcome(check, name, sched, grid, **options)
+            assert checked == ran, (grid_name, options)
+            if ran is not None:
+                refused += 1
+                assert model.calls == 0, (grid_name, options)
+    assert refused >= 1  # every sampler refuses something here (an off-schedule grid at least)
+
+
+def test_check_names_unknown_samplers_and_options():
+    from ddpmkit.samplers import check, model_options
+
+    grid = SCHED.grid(4)
+    with pytest.raises(ValueError, match="unknown sampler 'dpm'; valid: ddpm, ddim, "):
+        check("dpm", SCHED, grid)
+    with pytest.raises(ValueError, match=r"unknown option 'bogus' for sampler 'ddim'; valid: eta$"):
+        check("ddim", SCHED, grid, bogus=1)
+    with pytest.raises(ValueError, match=r"unknown option 'etta' for sampler 'ddpm'; valid: variance \(and from "
+                                         r"the model: eps_moment\)"):
+        check("ddpm", SCHED, grid, etta=1)
+    with pytest.raises(ValueError, match="unknown option 'eps_moment' for sampler 'ddim'"):
+        check("ddim", SCHED, grid, eps_moment=GAMMA)  # a model option only where the sampler takes it
+    with pytest.raises(ValueError, match=r"for sampler 'dpmpp-2m'; valid: none$"):
+        check("dpmpp-2m", SCHED, grid, eta=0.5)
+    with pytest.raises(ValueError, match=r"needs the model's eps moments .* `ddpmkit moments"):
+        check("ddpm", SCHED, grid, variance="optimal")
+    assert check("ddpm", SCHED, grid, variance="optimal", eps_moment=GAMMA) is None
+    assert model_options("ddpm") == ("eps_moment",) and model_options("ddim") == ()
+    assert "eps_moment" not in sampler_options("ddpm")  # the command line grows no --eps-moment
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_check_takes_the_samplers_options(name):
+    from ddpmkit.samplers import CHECKS
+
+    def keywords(fn):
+        params = inspect.signature(fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("noise", "callback")}
+
+    assert keywords(CHECKS[name]) == keywords(SAMPLERS[name])
+    assert list(inspect.signature(CHECKS[name]).parameters)[:2] == ["schedule", "grid"]

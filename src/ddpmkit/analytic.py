@@ -3,8 +3,9 @@ Reverse Variance in Diffusion Probabilistic Models").
 
 The KL-optimal reverse variance of a step t -> s depends on the model only through
 Gamma_t = E_{x_t} ||eps_hat(x_t, t)||^2 / d (Theorem 1), a scalar per timestep. It is estimated
-once by Monte Carlo over training data and stored with the model; sampling then costs nothing
-extra (``ddpm(variance="optimal")``).
+once by Monte Carlo over training data and stored with the model (``ddpmkit moments``); sampling
+then costs nothing extra: the model hands the table to the sampler, ``ddpm(..., variance="optimal",
+eps_moment=table)``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,27 @@ def estimate_eps_moment(model: Callable, schedule: NoiseSchedule, data: torch.Te
                 count += len(x0)
             values.append(total / count)
     return np.interp(np.arange(schedule.T), ts, values)
+
+
+def eps_moment_of_model(model, dataset: str, data_dir=None, *, num: int = 1000, timesteps: int = 100,
+                        batch_size: int = 256, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(Gamma_t table, info) of a loaded model (``models.load_model``: its ``net``, ``schedule``,
+    ``prediction``, ``shape``, ``device``) over ``num`` images of ``dataset`` chosen by ``seed``, estimated at
+    ``timesteps`` timesteps (``estimate_eps_moment``); info records the dataset, images, timesteps
+    and seed, as ``ddpmkit moments`` stores them with the table."""
+    from .data import load_dataset
+
+    T = model.schedule.T
+    if timesteps > T:
+        raise ValueError(f"--timesteps {timesteps} exceeds the model's {T} timesteps; give at most {T}")
+    data = load_dataset(dataset, data_dir)
+    if tuple(data.shape) != tuple(model.shape):
+        raise ValueError(f"--dataset {dataset} has images of shape {data.shape}; the model makes {model.shape}")
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:num]
+    x0 = data.batch(idx).to(model.device)
+    moment = estimate_eps_moment(model.net, model.schedule, x0, prediction=model.prediction,
+                                 num_timesteps=timesteps, batch_size=batch_size, seed=seed)
+    return moment, {"dataset": data.name, "images": len(x0), "timesteps": timesteps, "seed": seed}
 
 
 def gaussian_eps_moment(schedule: NoiseSchedule, std: float) -> np.ndarray:

@@ -39,6 +39,7 @@ from torch import nn
 
 from .prediction import check_prediction
 from .schedule import NoiseSchedule
+from .vp import abar_from_log_snr, sigma_from_abar, x0_from_output
 
 
 @functools.lru_cache(maxsize=8)
@@ -57,29 +58,14 @@ def abar_tensor(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
     lo = tt.floor().long().clamp(0, schedule.T - 1)
     hi = (lo + 1).clamp(max=schedule.T - 1)
     w = tt - lo
-    interpolated = torch.sigmoid(lam[lo] * (1 - w) + lam[hi] * w)
+    interpolated = abar_from_log_snr(lam[lo] * (1 - w) + lam[hi] * w)
     between = torch.where(abar[hi] > 0, interpolated, abar[lo] * (1 - w) + abar[hi] * w)  # a segment to abar = 0
     return torch.where(w == 0, abar[lo], between)
-
-
-def sigma_of_abar(abar: torch.Tensor) -> torch.Tensor:
-    return ((1.0 - abar) / abar).sqrt()
 
 
 def c_skip(sigma: torch.Tensor, sigma_min: float, sigma_data: float) -> torch.Tensor:
     """Consistency Models eq. (5)'s c_skip: 1 exactly at sigma = sigma_min."""
     return sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
-
-
-def x0_estimate(output: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, prediction: str) -> torch.Tensor:
-    """A network's x0 estimate from its output (eps, x0 or v) with one abar per sample."""
-    a = abar.sqrt().view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
-    b = (1.0 - abar).sqrt().view_as(a).to(x_t.dtype)
-    if prediction == "eps":
-        return (x_t - b * output) / a
-    if prediction == "x0":
-        return output
-    return a * x_t - b * output  # v
 
 
 class ConsistencyFunction(nn.Module):
@@ -97,7 +83,7 @@ class ConsistencyFunction(nn.Module):
             raise ValueError(f"sigma_data={sigma_data} must be > 0")
         self.t_min, self.sigma_data, self.x0_head = float(t_min), float(sigma_data), bool(x0_head)
         # through the same arithmetic as forward(), so that sigma - sigma_min is exactly 0 at t_min
-        self.sigma_min = sigma_of_abar(abar_tensor(schedule, torch.tensor([self.t_min]))).item()
+        self.sigma_min = sigma_from_abar(abar_tensor(schedule, torch.tensor([self.t_min]))).item()
 
     def config(self) -> dict:
         return {"unet": {"arch": "unet", **self.net.config()}, "prediction": self.prediction, "t_min": self.t_min,
@@ -105,7 +91,7 @@ class ConsistencyFunction(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         abar = abar_tensor(self.schedule, t)
-        sigma = sigma_of_abar(abar)
+        sigma = sigma_from_abar(abar)
         shape = (-1, *([1] * (x_t.ndim - 1)))
         skip = c_skip(sigma, self.sigma_min, self.sigma_data).view(shape)
         y_state = x_t.double() / abar.sqrt().view(shape)
@@ -113,7 +99,7 @@ class ConsistencyFunction(nn.Module):
         if self.x0_head:  # (parameterisation output, direct x0), blended as EDM's preconditioning
             out, r = out.chunk(2, dim=1)
             w = (self.sigma_data**2 / (sigma**2 + self.sigma_data**2)).view(shape)
-            d = w * x0_estimate(out, x_t, abar, self.prediction).double() + (1.0 - w) * r.double()
+            d = w * x0_from_output(out, x_t, abar, self.prediction).double() + (1.0 - w) * r.double()
         else:
-            d = x0_estimate(out, x_t, abar, self.prediction).double()
+            d = x0_from_output(out, x_t, abar, self.prediction).double()
         return (skip * y_state + (1.0 - skip) * d).to(x_t.dtype)

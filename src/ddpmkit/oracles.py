@@ -17,6 +17,7 @@ import torch
 
 from .prediction import check_prediction
 from .schedule import NoiseSchedule
+from .vp import eps_from_x0, training_target
 
 
 class GaussianMixture:
@@ -72,15 +73,8 @@ class GaussianMixture:
         def exact_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             abar = torch.as_tensor(schedule.abar_at(t.detach().cpu().double().numpy()), dtype=torch.float64)
             x0 = self.denoise(x_t, abar).to(torch.float64)
-            view = (-1,) + (1,) * (x_t.ndim - 1)
-            a, b = abar.sqrt().view(view), (1 - abar).sqrt().view(view)
-            xt = x_t.to(torch.float64)
-            if prediction == "x0":
-                out = x0
-            else:
-                eps = (xt - a * x0) / b
-                out = eps if prediction == "eps" else a * eps - b * x0
-            return out.to(x_t.dtype)
+            eps = None if prediction == "x0" else eps_from_x0(x_t.to(torch.float64), x0, abar)
+            return training_target(x0, eps, abar, prediction).to(x_t.dtype)
 
         return exact_model
 

@@ -4,20 +4,22 @@ With x_t = a x0 + b eps, a = sqrt(abar_t), b = sqrt(1 - abar_t), a network may p
   - ``eps``: the noise (Ho et al. 2020),
   - ``x0``: the clean sample (diffusers calls it ``sample``),
   - ``v`` = a eps - b x0 (Salimans & Ho 2022, "Progressive Distillation", §4).
-Samplers only ever see eps_hat and x0_hat, so they never branch on the parameterisation.
+Samplers only ever see eps_hat and x0_hat, so they never branch on the parameterisation. The
+conversions themselves live in ``ddpmkit.vp`` (``to_eps_x0``, ``training_target`` are re-exported
+here for the modules that import them from this one).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from .schedule import NoiseSchedule, _choice_error
+from .vp import PREDICTIONS, eps_from_x0, to_eps_x0, training_target
 
-PREDICTIONS = ("eps", "x0", "v")
+__all__ = ["PREDICTIONS", "Denoiser", "check_prediction", "dynamic_threshold", "to_eps_x0", "training_target"]
+
 # diffusers' names, accepted so a diffusers config can be read as it is
 _ALIASES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
@@ -27,34 +29,6 @@ def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise _choice_error("prediction type", prediction, PREDICTIONS)
     return prediction
-
-
-def to_eps_x0(output: torch.Tensor, x_t: torch.Tensor, abar: float, prediction: str):
-    """Convert a network output at noise level abar into (eps_hat, x0_hat)."""
-    a, b = math.sqrt(abar), math.sqrt(1.0 - abar)
-    if prediction == "eps":
-        if a == 0.0:
-            raise ValueError("prediction 'eps' cannot give x0 where abar = 0 (zero terminal SNR); use 'v' or 'x0'")
-        return output, (x_t - b * output) / a
-    if prediction == "x0":
-        return (x_t - a * output) / b, output
-    if prediction == "v":
-        return b * x_t + a * output, a * x_t - b * output
-    raise _choice_error("prediction type", prediction, PREDICTIONS)
-
-
-def training_target(x0: torch.Tensor, eps: torch.Tensor, abar, prediction: str) -> torch.Tensor:
-    """The regression target for a network of the given parameterisation. ``abar`` may be a float
-    or a tensor broadcastable against x0 (one noise level per sample)."""
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0
-    if prediction == "v":
-        a = abar**0.5 if isinstance(abar, float) else abar.sqrt()
-        b = (1.0 - abar) ** 0.5 if isinstance(abar, float) else (1.0 - abar).sqrt()
-        return a * eps - b * x0
-    raise _choice_error("prediction type", prediction, PREDICTIONS)
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float | None = None, data_range=(-1.0, 1.0)):
@@ -79,8 +53,6 @@ class Denoiser:
     ``clip=True`` clamps x0_hat to ``data_range``; ``threshold=p`` applies dynamic thresholding with
     quantile p instead. After either, eps_hat is recomputed from the adjusted x0_hat so the pair
     stays consistent with x_t (as improved/guided-diffusion's DDIM does). ``nfe`` counts model calls.
-    ``eps_moment``: the model's Gamma_t = E||eps_hat(x_t)||^2 / d for t = 0..T-1 (Analytic-DPM's
-    moment, ``ddpmkit.analytic``), used by ``ddpm(variance="optimal")``.
     """
 
     def __init__(
@@ -93,7 +65,6 @@ class Denoiser:
         threshold: float | None = None,
         threshold_max: float | None = None,
         data_range: tuple[float, float] = (-1.0, 1.0),
-        eps_moment=None,
     ):
         self.model, self.schedule = model, schedule
         self.prediction = check_prediction(prediction)
@@ -105,17 +76,7 @@ class Denoiser:
             raise ValueError(f"threshold_max={threshold_max} must be >= 1")
         self.clip, self.threshold, self.threshold_max = bool(clip), threshold, threshold_max
         self.data_range = (float(data_range[0]), float(data_range[1]))
-        self.eps_moment = None
-        if eps_moment is not None:
-            table = np.asarray(eps_moment, dtype=np.float64).ravel()
-            if table.shape != (schedule.T,) or not np.all(np.isfinite(table)):
-                raise ValueError(f"eps_moment must hold {schedule.T} finite values, one per timestep")
-            self.eps_moment = table
         self.nfe = 0
-
-    def eps_moment_at(self, t: float) -> float:
-        """Gamma at a (fractional) timestep, linear between the table's entries."""
-        return float(np.interp(t, np.arange(self.schedule.T), self.eps_moment))
 
     def timestep_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
         if float(t).is_integer():
@@ -134,5 +95,5 @@ class Denoiser:
                 x0 = dynamic_threshold(x0, self.threshold, self.threshold_max, self.data_range)
             else:
                 x0 = x0.clamp(*self.data_range)
-            eps = (x_t - math.sqrt(abar) * x0) / math.sqrt(1.0 - abar)
+            eps = eps_from_x0(x_t, x0, abar)
         return eps, x0

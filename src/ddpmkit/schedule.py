@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from . import vp
+
 SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 SPACINGS = ("leading", "trailing", "linspace")  # integer grids, diffusers' semantics
 CONTINUOUS_SPACINGS = ("karras", "logsnr")  # fractional timesteps placed by noise level
@@ -145,13 +147,15 @@ class NoiseSchedule:
     # -- derived quantities --------------------------------------------------------------------
     @property
     def sigmas(self) -> np.ndarray:
-        """sigma_t = sqrt((1 - abar_t) / abar_t): the noise level of x_t / sqrt(abar_t) (EDM/VE view)."""
-        return sigma_from_abar(self.alphas_cumprod)
+        """sigma_t = sqrt((1 - abar_t) / abar_t): the noise level of x_t / sqrt(abar_t) (EDM/VE view,
+        ``vp.sigma_from_abar``); inf where abar_t = 0."""
+        return vp.sigma_from_abar(self.alphas_cumprod)
 
     @property
     def log_snr(self) -> np.ndarray:
-        """lambda_t = log(abar_t / (1 - abar_t)) (Kingma et al. 2021); -inf where abar_t = 0."""
-        return log_snr_from_abar(self.alphas_cumprod)
+        """log SNR_t = log(abar_t / (1 - abar_t)) (Kingma et al. 2021, ``vp.log_snr_from_abar``); -inf
+        where abar_t = 0. (DPM-Solver's lambda is half of it.)"""
+        return vp.log_snr_from_abar(self.alphas_cumprod)
 
     def abar_at(self, t):
         """abar at integer or fractional timesteps t in [0, T-1].
@@ -169,8 +173,8 @@ class NoiseSchedule:
         w = tt - lo
         ab = self.alphas_cumprod
         with np.errstate(divide="ignore", invalid="ignore"):
-            lam = log_snr_from_abar(ab[lo]) * (1 - w) + log_snr_from_abar(ab[hi]) * w
-            out = np.where(ab[hi] > 0, 1.0 / (1.0 + np.exp(-lam)), ab[lo] * (1 - w) + ab[hi] * w)
+            lam = vp.log_snr_from_abar(ab[lo]) * (1 - w) + vp.log_snr_from_abar(ab[hi]) * w
+            out = np.where(ab[hi] > 0, vp.abar_from_log_snr(lam), ab[lo] * (1 - w) + ab[hi] * w)
         out = np.where(w == 0, ab[lo], out)
         return float(out) if out.ndim == 0 else out
 
@@ -185,7 +189,7 @@ class NoiseSchedule:
         slack = 1e-9 * max(abs(lo), abs(hi), 1.0)
         if np.any(~(lam >= lo - slack)) or np.any(~(lam <= hi + slack)):
             raise ValueError(f"logSNR outside the schedule's range [{lo:.4g}, {hi:.4g}] "
-                             f"(sigma in [{np.exp(-hi / 2):.4g}, {np.exp(-lo / 2):.4g}])")
+                             f"(sigma in [{vp.sigma_from_log_snr(hi):.4g}, {vp.sigma_from_log_snr(lo):.4g}])")
         out = np.interp(-np.clip(lam, lo, hi), -table[finite], np.arange(self.T, dtype=np.float64)[finite])
         return float(out) if out.ndim == 0 else out
 
@@ -194,7 +198,7 @@ class NoiseSchedule:
         sigma = np.asarray(sigma, dtype=np.float64)
         if np.any(~(sigma > 0)):
             raise ValueError("sigma must be > 0 to have a timestep; sigma = 0 is clean data, after the grid")
-        return self.t_at_log_snr(-2.0 * np.log(sigma))
+        return self.t_at_log_snr(vp.log_snr_from_sigma(sigma))
 
     @property
     def sigma_max(self) -> float:
@@ -222,7 +226,7 @@ class NoiseSchedule:
             return np.array([float(self.T - 1)])
         u = np.linspace(0.0, 1.0, steps)
         if spacing == "karras":
-            s_max, s_min = np.exp(-lam_min / 2), np.exp(-lam_max / 2)
+            s_max, s_min = vp.sigma_from_log_snr(lam_min), vp.sigma_from_log_snr(lam_max)
             sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
             t = self.t_at_sigma(sig)
         else:
@@ -236,17 +240,6 @@ class NoiseSchedule:
         ts = [float(t) for t in grid]
         abars = [self.abar_at(t) for t in ts] + [1.0]
         return [(ts[i], abars[i], abars[i + 1]) for i in range(len(ts))]
-
-
-def sigma_from_abar(abar):
-    with np.errstate(divide="ignore"):
-        return np.sqrt((1.0 - np.asarray(abar, dtype=np.float64)) / np.asarray(abar, dtype=np.float64))
-
-
-def log_snr_from_abar(abar):
-    abar = np.asarray(abar, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.log(abar) - np.log1p(-abar)
 
 
 def make_grid(T: int, steps: int, spacing: str = "trailing", offset: int = 0) -> np.ndarray:

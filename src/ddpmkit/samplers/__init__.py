@@ -4,7 +4,14 @@ Every sampler has the signature ``sampler(denoiser, x_T, grid, *, noise, callbac
 and returns x_0. ``denoiser(x, t)`` gives (eps_hat, x0_hat) and carries the schedule; ``grid`` is
 a descending sequence of timesteps; ``noise()`` returns the next per-sample unit Gaussian draw;
 ``callback(i, t, x_t, x0_hat)`` is called at every step. A sampler's options are its keyword-only
-parameters, so the valid options and their defaults are read off the function itself.
+parameters, so the valid options and their defaults are read off the function itself. Options in
+``MODEL_OPTIONS`` (Analytic-DPM's ``eps_moment``) come from the model, not the user: they are left
+out of ``sampler_options`` and listed by ``model_options``.
+
+Every sampler has a check, ``CHECKS[name](schedule, grid, **options)``, that raises exactly the
+ValueErrors the sampler would raise for those options on that schedule and grid, without running
+anything; the sampler calls it first. ``check(name, schedule, grid, **options)`` adds the unknown
+sampler and unknown option errors.
 """
 
 from __future__ import annotations
@@ -13,12 +20,12 @@ import inspect
 from collections.abc import Callable
 
 from ._common import MIN_STEPS, check_steps, min_steps
-from .consistency import cm
-from .ddim import ddim
-from .ddpm import ddpm
-from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
-from .edm import euler, euler_ancestral, heun, restart
-from .unipc import unipc
+from .consistency import check_cm, cm
+from .ddim import check_ddim, ddim
+from .ddpm import check_ddpm, ddpm
+from .dpm_solver import check_dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from .edm import check_edm, check_euler_ancestral, check_restart, euler, euler_ancestral, heun, restart
+from .unipc import check_unipc, unipc
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm,
@@ -33,6 +40,24 @@ SAMPLERS: dict[str, Callable] = {
     "restart": restart,
     "cm": cm,
 }
+
+# each sampler's check: the sampler's own ValueErrors for (schedule, grid, **options), nothing run
+CHECKS: dict[str, Callable[..., None]] = {
+    "ddpm": check_ddpm,
+    "ddim": check_ddim,
+    "euler": check_edm,
+    "heun": check_edm,
+    "euler-ancestral": check_euler_ancestral,
+    "dpmpp-2m": check_dpmpp,
+    "dpmpp-3m": check_dpmpp,
+    "dpmpp-2m-sde": check_dpmpp,
+    "unipc": check_unipc,
+    "restart": check_restart,
+    "cm": check_cm,
+}
+
+# options a sampler takes from the model rather than from the user (no command-line flag)
+MODEL_OPTIONS = ("eps_moment",)
 
 # network evaluations for a grid of n steps, where it is not n
 _NFE: dict[str, Callable[..., int]] = {
@@ -50,10 +75,32 @@ def get_sampler(name: str) -> Callable:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}") from None
 
 
-def sampler_options(name: str) -> dict[str, object]:
-    """The options of a sampler and their defaults, in signature order."""
+def _keyword_options(name: str) -> dict[str, object]:
     params = inspect.signature(get_sampler(name)).parameters.values()
     return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _PLUMBING}
+
+
+def sampler_options(name: str) -> dict[str, object]:
+    """The user's options of a sampler and their defaults, in signature order (model options left out)."""
+    return {k: v for k, v in _keyword_options(name).items() if k not in MODEL_OPTIONS}
+
+
+def model_options(name: str) -> tuple[str, ...]:
+    """The options of ``MODEL_OPTIONS`` that sampler ``name`` takes (the model supplies them)."""
+    return tuple(k for k in _keyword_options(name) if k in MODEL_OPTIONS)
+
+
+def check(name: str, schedule, grid, **options) -> None:
+    """Raise the ValueError that sampler ``name`` would raise for ``options`` (its own and the model's)
+    on ``schedule`` and ``grid``, without running it: an unknown sampler or option, then the sampler's
+    own checks of option values and grid. Returns None where the sampler would run."""
+    valid, from_model = sampler_options(name), model_options(name)
+    unknown = sorted(set(options) - set(valid) - set(from_model))
+    if unknown:
+        names = ", ".join(valid) or "none"
+        extra = f" (and from the model: {', '.join(from_model)})" if from_model else ""
+        raise ValueError(f"unknown option {unknown[0]!r} for sampler {name!r}; valid: {names}{extra}")
+    CHECKS[name](schedule, grid, **options)
 
 
 def parse_bool(text: str) -> bool:
@@ -92,5 +139,5 @@ def describe(name: str) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
-__all__ = ["SAMPLERS", "MIN_STEPS", "get_sampler", "sampler_options", "nfe_for", "check_steps", "min_steps",
-           "steps_for_nfe", "describe"]
+__all__ = ["SAMPLERS", "CHECKS", "MODEL_OPTIONS", "MIN_STEPS", "get_sampler", "sampler_options", "model_options",
+           "check", "nfe_for", "check_steps", "min_steps", "steps_for_nfe", "describe"]

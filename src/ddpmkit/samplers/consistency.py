@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import math
 
-from ..schedule import sigma_from_abar
+from ..vp import sigma_from_abar
+
+_ZERO_SNR = "cm cannot re-noise to abar = 0 (zero terminal SNR) after the first step"
+
+
+def check_cm(schedule, grid, *, clip_denoised: bool = True) -> None:
+    """The errors ``cm`` raises on this schedule and grid: no grid point after the first at abar = 0."""
+    for i, t in enumerate(float(t) for t in grid):
+        if schedule.abar_at(t) == 0.0 and i > 0:
+            raise ValueError(_ZERO_SNR)
 
 
 def cm(denoiser, x, grid, *, noise, clip_denoised: bool = True, callback=None):
@@ -21,14 +30,13 @@ def cm(denoiser, x, grid, *, noise, clip_denoised: bool = True, callback=None):
     re-noised into the next step otherwise.
     """
     sched = denoiser.schedule
+    check_cm(sched, grid, clip_denoised=clip_denoised)
     sigma_min = float(sched.sigmas[0])
     x0 = None
     for i, t in enumerate(float(t) for t in grid):
         abar = sched.abar_at(t)
         if i > 0:
-            if abar == 0.0:
-                raise ValueError("cm cannot re-noise to abar = 0 (zero terminal SNR) after the first step")
-            sigma = float(sigma_from_abar(abar))
+            sigma = sigma_from_abar(abar)
             y = x0 + math.sqrt(max(sigma**2 - sigma_min**2, 0.0)) * noise()
             x = y * math.sqrt(abar)
         _, x0 = denoiser(x, t)

@@ -24,6 +24,13 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, abar_t: fl
     return (x_s if sigma == 0.0 else x_s + sigma * z), sigma
 
 
+def check_ddim(schedule, grid, *, eta: float = 0.0) -> None:
+    """The errors ``ddim`` raises for these options on this schedule and grid: eta in [0, 1]."""
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r} is outside [0, 1]")
+    schedule.transitions(grid)
+
+
 def ddim(denoiser, x, grid, *, noise, eta: float = 0.0, callback=None):
     """DDIM sampler (Song et al. 2020, eq. 12) on a descending grid; after the last grid point the
     sample goes to abar = 1.
@@ -32,8 +39,7 @@ def ddim(denoiser, x, grid, *, noise, eta: float = 0.0, callback=None):
     first order); eta = 1 is ancestral sampling on the grid with the small variance, i.e. equal to
     ``ddpm(variance="small")`` on the same grid.
     """
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r} is outside [0, 1]")
+    check_ddim(denoiser.schedule, grid, eta=eta)
     for i, (t, abar_t, abar_s) in enumerate(denoiser.schedule.transitions(grid)):
         eps, x0 = denoiser(x, t)
         if callback is not None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ._common import check_choice
 
 VARIANCES = ("small", "large", "optimal")
+_NO_MOMENT = ("variance='optimal' needs the model's eps moments (Analytic-DPM), which this model lacks: store them "
+              "with `ddpmkit moments --model MODEL --dataset DATA` (in Python: pass eps_moment=, see "
+              "ddpmkit.analytic.estimate_eps_moment)")
+_ZERO_SNR = "variance='optimal' is undefined at abar = 0 (zero terminal SNR); use small or large"
 
 
 def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_s: float, variance: str, z,
@@ -39,7 +44,7 @@ def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_s: float,
         if eps_moment is None:
             raise ValueError("variance='optimal' needs the model's eps moment Gamma_t (Analytic-DPM)")
         if abar_t == 0.0:  # Theorem 1's inf * 0: the limit needs Var(x0), which Gamma cannot give
-            raise ValueError("variance='optimal' is undefined at abar = 0 (zero terminal SNR); use small or large")
+            raise ValueError(_ZERO_SNR)
         gap = math.sqrt((1.0 - abar_t) * abar_s / abar_t) - math.sqrt(max(1.0 - abar_s - small, 0.0))
         var = small + gap**2 * (1.0 - min(max(eps_moment, 0.0), 1.0))
     else:
@@ -48,7 +53,31 @@ def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_s: float,
     return (mean if z is None or sigma == 0.0 else mean + sigma * z), sigma
 
 
-def ddpm(denoiser, x, grid, *, noise, variance: str = "small", callback=None):
+def eps_moment_table(schedule, eps_moment) -> np.ndarray | None:
+    """Analytic-DPM's Gamma_t for t = 0..T-1 as a float64 array (None stays None); an error unless it
+    holds T finite values."""
+    if eps_moment is None:
+        return None
+    table = np.asarray(eps_moment, dtype=np.float64).ravel()
+    if table.shape != (schedule.T,) or not np.all(np.isfinite(table)):
+        raise ValueError(f"eps_moment must hold {schedule.T} finite values, one per timestep; got "
+                         f"{table.size} values{'' if np.all(np.isfinite(table)) else ', not all finite'}")
+    return table
+
+
+def check_ddpm(schedule, grid, *, variance: str = "small", eps_moment=None) -> None:
+    """The errors ``ddpm`` raises for these options on this schedule and grid: a known variance, a
+    valid eps_moment table, and for ``optimal`` the table and a grid that never starts at abar = 0."""
+    check_choice("variance", variance, VARIANCES)
+    eps_moment_table(schedule, eps_moment)
+    if variance == "optimal" and eps_moment is None:
+        raise ValueError(_NO_MOMENT)
+    steps = schedule.transitions(grid)
+    if variance == "optimal" and any(abar_t == 0.0 for _, abar_t, _ in steps):
+        raise ValueError(_ZERO_SNR)
+
+
+def ddpm(denoiser, x, grid, *, noise, variance: str = "small", eps_moment=None, callback=None):
     """DDPM ancestral sampler (Ho et al. 2020, Algorithm 2).
 
     On the full grid T-1..0 it is Algorithm 2; on a shorter grid it samples the respaced chain with
@@ -58,19 +87,19 @@ def ddpm(denoiser, x, grid, *, noise, variance: str = "small", callback=None):
 
     variance: ``small`` (beta_tilde, the posterior variance), ``large`` (beta; best at the full
     1000 steps on CIFAR-10, DDIM paper Table 1) or ``optimal`` (Analytic-DPM, Bao et al. 2022: the
-    KL-optimal variance from the model's eps moments, which the denoiser must carry; it removes the
-    under-dispersion of ``small`` on short respaced chains).
+    KL-optimal variance from the model's eps moments; it removes the under-dispersion of ``small``
+    on short respaced chains). ``eps_moment``: that model's Gamma_t = E||eps_hat(x_t)||^2 / d for
+    t = 0..T-1 (``ddpmkit.analytic``), linear in t between the table's entries; the model supplies
+    it (``ddpmkit moments`` stores it), the user does not.
     """
-    check_choice("variance", variance, VARIANCES)
-    if variance == "optimal" and getattr(denoiser, "eps_moment", None) is None:
-        raise ValueError("variance='optimal' needs the model's eps moments (Analytic-DPM), which this model "
-                         "lacks: store them with `ddpmkit moments --model MODEL --dataset DATA` (in Python: pass "
-                         "eps_moment=, see ddpmkit.analytic.estimate_eps_moment)")
-    for i, (t, abar_t, abar_s) in enumerate(denoiser.schedule.transitions(grid)):
+    sched = denoiser.schedule
+    check_ddpm(sched, grid, variance=variance, eps_moment=eps_moment)
+    table = eps_moment_table(sched, eps_moment) if variance == "optimal" else None
+    for i, (t, abar_t, abar_s) in enumerate(sched.transitions(grid)):
         _, x0 = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, x0)
         last = abar_s == 1.0
-        gamma = denoiser.eps_moment_at(t) if variance == "optimal" else None
+        gamma = float(np.interp(t, np.arange(sched.T), table)) if table is not None else None
         x, _ = ddpm_step(x, x0, abar_t, abar_s, variance, None if last else noise(), gamma)
     return x

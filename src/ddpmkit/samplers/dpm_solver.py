@@ -15,17 +15,13 @@ import math
 
 import torch
 
+from ..vp import alpha_sigma_lambda
 
-def _vp(abar: float) -> tuple[float, float, float]:
-    """(alpha, sigma, lambda) at noise level abar; lambda = inf for clean data and -inf for pure
-    noise (zero terminal SNR), where the first-order step is exact and higher-order differences
-    against that point vanish (r = inf), so the solvers drop an order there by themselves."""
-    alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
-    if sigma == 0.0:
-        return alpha, sigma, math.inf
-    if alpha == 0.0:
-        return alpha, sigma, -math.inf
-    return alpha, sigma, math.log(alpha) - math.log(sigma)
+
+def check_dpmpp(schedule, grid) -> None:
+    """The errors the DPM-Solver++ samplers raise on this schedule and grid (they take no options;
+    zero terminal SNR is fine: lambda = -inf there, see ``vp.alpha_sigma_lambda``)."""
+    schedule.transitions(grid)
 
 
 def _order_at(i: int, n: int, order: int) -> int:
@@ -39,6 +35,7 @@ def _order_at(i: int, n: int, order: int) -> int:
 
 def _dpmpp(denoiser, x, grid, noise, callback, order: int, sde: bool):
     sched = denoiser.schedule
+    check_dpmpp(sched, grid)
     steps = sched.transitions(grid)
     n = len(steps)
     history: list[tuple[torch.Tensor, float]] = []  # (x0_hat, lambda), newest first
@@ -46,8 +43,8 @@ def _dpmpp(denoiser, x, grid, noise, callback, order: int, sde: bool):
         _, x0 = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, x0)
-        _, sigma_s, lam_s = _vp(abar_s)
-        alpha_t, sigma_t, lam_t = _vp(abar_t)
+        _, sigma_s, lam_s = alpha_sigma_lambda(abar_s)
+        alpha_t, sigma_t, lam_t = alpha_sigma_lambda(abar_t)
         history = [(x0, lam_s)] + history[: order - 1]
         k = _order_at(i, n, order)
         h = lam_t - lam_s

@@ -17,8 +17,8 @@ import math
 import numpy as np
 import torch
 
+from ..vp import alpha_sigma_lambda
 from ._common import check_choice
-from .dpm_solver import _vp
 
 VARIANTS = ("bh1", "bh2")
 
@@ -66,6 +66,15 @@ def _uni_step(x, sigma_s, sigma_t, alpha_t, h, history, order, variant, m_new=No
     return x_t - (alpha_t * b_h) * res
 
 
+def check_unipc(schedule, grid, *, order: int = 2, variant: str = "bh2", corrector: bool = True) -> None:
+    """The errors ``unipc`` raises for these options on this schedule and grid: order 1, 2 or 3 and
+    a known variant."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order={order!r} is not valid; choose 1, 2 or 3")
+    check_choice("variant", variant, VARIANTS)
+    schedule.transitions(grid)
+
+
 def unipc(denoiser, x, grid, *, noise, order: int = 2, variant: str = "bh2", corrector: bool = True,
           callback=None):
     """UniPC (Zhao et al. 2023, Algorithm 1-2 / UniPC-p with B1(h) or B2(h)): multistep UniP-p
@@ -73,9 +82,7 @@ def unipc(denoiser, x, grid, *, noise, order: int = 2, variant: str = "bh2", cor
     NFE. Orders warm up from 1 and fall on the last steps (diffusers' lower_order_final); the step
     into clean data is first order and not corrected. ``variant``: bh1 (the paper's choice for
     unconditional sampling) or bh2 (diffusers' default, for guided). N steps, N NFE."""
-    if order not in (1, 2, 3):
-        raise ValueError(f"order={order!r} is not valid; choose 1, 2 or 3")
-    check_choice("variant", variant, VARIANTS)
+    check_unipc(denoiser.schedule, grid, order=order, variant=variant, corrector=corrector)
     steps = denoiser.schedule.transitions(grid)
     n = len(steps)
     history: list[tuple[torch.Tensor, float]] = []
@@ -84,13 +91,13 @@ def unipc(denoiser, x, grid, *, noise, order: int = 2, variant: str = "bh2", cor
         _, m = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, m)
-        alpha_s, sigma_s, lam_s = _vp(abar_s)
+        alpha_s, sigma_s, lam_s = alpha_sigma_lambda(abar_s)
         if corrector and last is not None:
             x_prev, sigma_prev, lam_prev, p_prev = last
             x = _uni_step(x_prev, sigma_prev, sigma_s, alpha_s, lam_s - lam_prev, history, p_prev, variant, m_new=m)
         history = [(m, lam_s)] + history[: order - 1]
         p = min(order, n - i, i + 1)
-        alpha_t, sigma_t, lam_t = _vp(abar_t)
+        alpha_t, sigma_t, lam_t = alpha_sigma_lambda(abar_t)
         last = (x, sigma_s, lam_s, p)
         x = _uni_step(x, sigma_s, sigma_t, alpha_t, lam_t - lam_s, history, p, variant)
     return x
