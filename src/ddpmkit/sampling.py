@@ -1,4 +1,4 @@
-"""``sample()``: the one call that turns a model and a schedule into samples."""
+"""``sample()``: run a sampling plan on a network, seed by seed, batch by batch."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .plan import Plan, make_plan
 from .prediction import Denoiser
 from .rng import SeededNoise, check_seeds
-from .samplers import get_sampler, sampler_options, steps_for_nfe
-from .schedule import NoiseSchedule, check_grid
-
-DENOISER_OPTIONS = {"clip": False, "threshold": None, "threshold_max": None, "eps_moment": None}
+from .samplers import get_sampler
+from .schedule import NoiseSchedule
 
 
 def _model_device(model) -> torch.device | None:
@@ -25,17 +24,13 @@ def _model_device(model) -> torch.device | None:
 def sample(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     schedule: NoiseSchedule,
+    plan: Plan | None = None,
     *,
-    sampler: str = "ddim",
-    steps: int | None = None,
-    nfe: int | None = None,
-    spacing: str = "trailing",
-    timesteps: Iterable[float] | None = None,
-    prediction: str = "eps",
     shape: tuple[int, ...] | None = None,
     seeds: Iterable[int] | None = None,
     init_noise: torch.Tensor | None = None,
     batch_size: int | None = None,
+    prediction: str = "eps",
     data_range: tuple[float, float] = (-1.0, 1.0),
     device=None,
     dtype: torch.dtype = torch.float32,
@@ -46,39 +41,23 @@ def sample(
     """Draw samples from a diffusion model.
 
     model: ``model(x_t, t)`` returns the network output for a batch; t is a 1-D tensor of timesteps.
-    sampler: a name from ``ddpmkit.samplers.SAMPLERS``; its options (``eta``, ``variance``, ...) and
-        the denoiser's (``clip``, ``threshold``, ``threshold_max``) are keyword arguments.
-    steps / spacing: the step grid (``NoiseSchedule.grid``: leading, trailing, linspace, karras,
-        logsnr); or ``nfe``, a budget of network evaluations from which the steps are chosen
-        (``steps_for_nfe``); or ``timesteps``, an explicit descending grid. Default: all T timesteps.
+    plan: a ``Plan`` (``ddpmkit.make_plan``); or, instead, its options as keywords: ``sampler``
+        (a name of ``ddpmkit.samplers.SAMPLERS``, default ddim), ``steps`` / ``nfe`` / ``timesteps``,
+        ``spacing``, the sampler's options (``eta``, ``variance``, ...) and the denoiser's (``clip``,
+        ``threshold``, ``threshold_max``). Without steps: ``plan.default_steps``.
     shape: (N, C, H, W) or any (N, ...); seeds: one integer per sample (default 0..N-1). Sample i
         depends only on seeds[i] — not on batch size, position or N.
     init_noise: x_T to start from instead of drawing it (shape (N, ...)); later noise still comes
         from the seeds, so passing the x_T that seed s would draw reproduces seed s's sample.
     batch_size: samples per model call (default: all at once).
     Returns a tensor of shape (N, ...) in ``dtype`` on the model's device; with ``return_info`` a
-    pair (samples, info) where info holds ``nfe`` (network evaluations per sample) and ``grid``.
+    pair (samples, info) where info holds ``nfe`` (network evaluations per sample), ``grid`` and
+    ``plan``.
     """
-    fn = get_sampler(sampler)
-    valid = sampler_options(sampler)
-    unknown = sorted(set(options) - set(valid) - set(DENOISER_OPTIONS))
-    if unknown:
-        names = ", ".join([*valid, *DENOISER_OPTIONS]) or "none"
-        raise ValueError(f"unknown option {unknown[0]!r} for sampler {sampler!r}; valid: {names}")
-    sampler_opts = {k: v for k, v in options.items() if k in valid}
-    denoiser_opts = {k: v for k, v in options.items() if k in DENOISER_OPTIONS}
-
-    if sum(v is not None for v in (steps, nfe, timesteps)) > 1:
-        raise ValueError("give only one of steps, nfe and timesteps")
-    if timesteps is not None:
-        grid = check_grid(timesteps, schedule.T)
-    else:
-        if nfe is not None:
-            steps = steps_for_nfe(sampler, nfe, schedule.T, **sampler_opts)
-        grid = schedule.grid(schedule.T if steps is None else steps, spacing)
-    denoiser = Denoiser(model, schedule, prediction, data_range=data_range, **denoiser_opts)
-    if denoiser.prediction == "eps" and schedule.abar_at(grid[0]) == 0.0:
-        raise ValueError("prediction 'eps' cannot start at abar = 0 (zero terminal SNR); use 'v' or 'x0'")
+    if plan is None:
+        plan = make_plan(schedule, prediction=prediction, **options)
+    elif options:
+        raise ValueError(f"give a plan or sampling options, not both (got {', '.join(sorted(options))})")
 
     if init_noise is not None:
         init_noise = torch.as_tensor(init_noise)
@@ -95,6 +74,8 @@ def sample(
         raise ValueError(f"batch_size={batch_size!r} is not valid; need a positive integer")
     device = torch.device(device) if device is not None else (_model_device(model) or torch.device("cpu"))
 
+    fn = get_sampler(plan.sampler)
+    denoiser = Denoiser(model, schedule, prediction, data_range=data_range, **plan.denoising)
     out, calls = [], []
     chunk = n if batch_size is None else int(batch_size)
     with torch.no_grad():
@@ -104,26 +85,10 @@ def sample(
             if init_noise is not None:
                 x = init_noise[lo : lo + chunk].to(device=device, dtype=dtype)
             start = denoiser.nfe
-            out.append(fn(denoiser, x, grid, noise=noise, callback=callback, **sampler_opts))
+            out.append(fn(denoiser, x, plan.grid, noise=noise, callback=callback, **plan.options,
+                          **plan.model_options))
             calls.append(denoiser.nfe - start)
     samples = torch.cat(out)
     if return_info:
-        return samples, {"nfe": calls[0], "grid": [float(t) for t in grid]}
+        return samples, {"nfe": calls[0], "grid": list(plan.grid), "plan": plan}
     return samples
-
-
-
-def _zero_network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(x)
-
-
-def dry_run(schedule: NoiseSchedule, *, sampler: str, steps: int | None = None, timesteps=None,
-            spacing: str = "trailing", prediction: str = "eps", data_range=(-1.0, 1.0), **options) -> int:
-    """Run ``sampler`` through its whole grid on one scalar sample with a network that outputs
-    zeros: every check of options, grid and schedule that ``sample`` and the sampler make, at no
-    network cost, so that a command can refuse a bad setup before it spends any sampling.
-    Returns the NFE per sample the setup would cost."""
-    _, info = sample(_zero_network, schedule, sampler=sampler, steps=steps, timesteps=timesteps, spacing=spacing,
-                     prediction=prediction, shape=(1, 1), data_range=data_range, device="cpu",
-                     return_info=True, **options)
-    return info["nfe"]

@@ -1,60 +1,25 @@
-"""Loading a trained model for sampling: network, schedule and data description from a checkpoint."""
+"""ddpmkit's own model files: shipped models by name, checkpoints and run folders; loading them into
+a ``LoadedModel``, and adding what ``ddpmkit moments`` and ``ddpmkit tune`` measured to a file."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_into, load_tensors, read_config
-from .prediction import check_prediction
-from .schedule import ALL_SPACINGS, NoiseSchedule
+from ..checkpoint import CheckpointError, load_into, load_tensors, read_config
+from ..prediction import check_prediction
+from ..schedule import NoiseSchedule
+from .loaded import TUNED_KEY, LoadedModel
 
 CANDIDATES = ("model.safetensors", "checkpoint.safetensors")
-SHIPPED_DIR = pathlib.Path(__file__).parent / "assets" / "models"
+SHIPPED_DIR = pathlib.Path(__file__).parent.parent / "assets" / "models"
 # models that ship inside the package, by name (their cards: assets/models/README.md)
 SHIPPED = {"mnist": "a DDPM on MNIST (28x28, eps, linear schedule, T = 1000)",
            "mnist-cm": "the MNIST DDPM distilled into a consistency model (sample with --sampler cm)"}
 DEFAULT_MODEL = "mnist"
-# config key of the step grids ``ddpmkit tune`` searched: {sampler: {steps: {"timesteps": [...], ...}}}
-TUNED_KEY = "tuned_timesteps"
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    net: torch.nn.Module
-    schedule: NoiseSchedule
-    prediction: str
-    shape: tuple[int, ...]  # (C, H, W) of one sample
-    data_range: tuple[float, float]
-    config: dict
-    path: pathlib.Path
-    eps_moment: np.ndarray | None = None  # Analytic-DPM's Gamma_t, when ``ddpmkit moments`` stored it
-
-    def tuned_grid(self, sampler: str, steps: int) -> list[float] | None:
-        """The step grid ``ddpmkit tune`` found for this sampler and step count, or None."""
-        entry = self.config.get(TUNED_KEY, {}).get(sampler, {}).get(str(steps))
-        return None if entry is None else [float(t) for t in entry["timesteps"]]
-
-    def plan_grid(self, sampler: str, steps: int, spacing: str | None) -> tuple[str, list[float] | None]:
-        """(spacing, explicit grid or None) for ``steps`` steps of ``sampler``. ``spacing`` None
-        means "tuned" where this model has a tuned grid for them and "trailing" otherwise;
-        "tuned" asks for the tuned grid and is an error without one."""
-        if spacing is not None and spacing not in (*ALL_SPACINGS, "tuned"):
-            raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(ALL_SPACINGS)}, tuned")
-        grid = self.tuned_grid(sampler, steps)
-        if spacing is None:
-            spacing = "tuned" if grid is not None else "trailing"
-        if spacing != "tuned":
-            return spacing, None
-        if grid is None:
-            have = sorted(int(k) for k in self.config.get(TUNED_KEY, {}).get(sampler, {}))
-            raise ValueError(f"spacing 'tuned': {self.path.name} has no tuned grid for {sampler} with {steps} steps "
-                             f"(it has one for steps: {', '.join(map(str, have)) or 'none'}; `ddpmkit tune` makes them)")
-        return spacing, grid
 
 
 def is_shipped_name(path: str | os.PathLike) -> bool:
@@ -84,7 +49,7 @@ def resolve(path: str | os.PathLike) -> pathlib.Path:
 def build_net(net_config: dict, schedule: NoiseSchedule | None = None) -> torch.nn.Module:
     """The network a config describes: a U-Net, or a consistency function around one (which needs
     the model's ``schedule``)."""
-    from .nets import build_unet
+    from ..nets import build_unet
 
     config = dict(net_config)
     arch = config.pop("arch", None)
@@ -92,7 +57,7 @@ def build_net(net_config: dict, schedule: NoiseSchedule | None = None) -> torch.
         if arch == "unet":
             return build_unet(config)
         if arch == "consistency" and schedule is not None:
-            from .consistency import ConsistencyFunction
+            from ..consistency import ConsistencyFunction
 
             inner = config.pop("unet")
             return ConsistencyFunction(build_net(inner), schedule, **config)
@@ -116,20 +81,21 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
         raise CheckpointError(f"{file} has an invalid config: {e}") from None
     net = build_net(config["net"], schedule)
     load_into(net, tensors, file)
-    moment = None
+    extras = {}
     if "analytic" in config:
         moment = load_tensors(file, "analytic.")[0]["eps_moment"].double().numpy()
         if moment.shape != (schedule.T,):
             raise CheckpointError(f"{file}: analytic.eps_moment has shape {moment.shape}, expected ({schedule.T},)")
+        extras["eps_moment"] = moment
     return LoadedModel(net.to(device).eval().requires_grad_(False), schedule, prediction, shape, data_range, config,
-                       file, moment)
+                       file, extras)
 
 
 def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict,
              out: str | os.PathLike | None = None) -> pathlib.Path:
     """Rewrite a model file (atomically) with extra tensors and config entries; with ``out``, write
     that file instead and leave the model's own file as it was."""
-    from .checkpoint import save_checkpoint
+    from ..checkpoint import save_checkpoint
 
     file = resolve(path)
     stored, config = load_tensors(file)

@@ -1,0 +1,138 @@
+"""A sampling plan: everything one run of a sampler needs, built and validated once.
+
+A plan fixes the sampler and its options, the denoiser's options (clipping, thresholding), the
+step grid and the network evaluations per sample it costs. Every command builds one from the user's
+options before it spends any sampling: building it is the up-front check (each sampler's own
+``samplers.check``, with no network run), its fields are what the sample cache is keyed on, and its
+``nfe`` is the cost. The grid comes from exactly one of
+
+  - ``steps`` and a ``spacing`` (``NoiseSchedule.grid``: leading, trailing, linspace, karras, logsnr),
+  - ``nfe``, a budget of network evaluations: the most steps of the sampler that fit it,
+  - ``timesteps``, an explicit descending grid,
+  - a model's tuned grid (``ddpmkit tune``) for this sampler and step count: ``spacing="tuned"``
+    insists on it, and no spacing takes it where the model has one (else ``trailing``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+
+from . import samplers
+from .prediction import Denoiser
+from .schedule import ALL_SPACINGS, NoiseSchedule, check_grid, format_grid
+
+# the Denoiser's options (they change the samples, so they are part of a plan) and their defaults
+DENOISER_OPTIONS = {"clip": False, "threshold": None, "threshold_max": None}
+TUNED = "tuned"
+
+
+def default_steps(sampler: str, T: int) -> int:
+    """Steps when none are asked for: all T for ddpm (Algorithm 2 as written), one for cm
+    (one-step generation), 50 for the others."""
+    return {"ddpm": T, "cm": 1}.get(sampler, 50)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """One sampler run, validated: ``sampler(denoiser, x_T, grid, noise=..., **options,
+    **model_options)`` with a Denoiser built with ``denoising``, costing ``nfe`` network
+    evaluations per sample. ``spacing`` says how the grid was placed: a spacing name, ``"tuned"``
+    (a model's tuned grid), or None (explicit timesteps). ``model_options`` are what the model
+    supplies to the sampler (Analytic-DPM's ``eps_moment``), not the user."""
+
+    sampler: str
+    grid: tuple[float, ...]
+    options: Mapping[str, object]
+    denoising: Mapping[str, object]
+    nfe: int
+    spacing: str | None
+    model_options: Mapping[str, object] = dataclasses.field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.grid)
+
+    def given_options(self) -> dict:
+        """Sampler and denoiser options that differ from their defaults: what changes the samples."""
+        defaults = samplers.sampler_options(self.sampler) | DENOISER_OPTIONS
+        both = {**self.options, **self.denoising}
+        return {k: v for k, v in both.items() if not (k in defaults and defaults[k] == v)}
+
+    def key(self) -> dict:
+        """What decides the samples, for a cache key: sampler, options at other than their defaults
+        (so ``variance="small"`` and no variance share one key), and the grid — as steps and
+        spacing where a spacing placed it, else as the timesteps themselves."""
+        what = {"sampler": self.sampler, "steps": self.steps, "options": self.given_options()}
+        if self.spacing in ALL_SPACINGS:
+            what["spacing"] = self.spacing
+        else:
+            what["timesteps"] = list(self.grid)
+        return what
+
+    def describe(self) -> str:
+        """For people: "unipc, 10 steps (logsnr), 10 NFE per sample"."""
+        where = f"at timesteps {format_grid(self.grid)}" if self.spacing in (None, TUNED) else f"({self.spacing})"
+        opts = "".join(f", {k}={v}" for k, v in self.given_options().items())
+        return f"{self.sampler}{opts}, {self.steps} steps {where}, {self.nfe} NFE per sample"
+
+
+def make_plan(schedule: NoiseSchedule, sampler: str = "ddim", *, steps: int | None = None, nfe: int | None = None,
+              timesteps: Iterable[float] | None = None, spacing: str | None = None, prediction: str = "eps",
+              tuned: Mapping[int, Sequence[float]] | None = None, model_options: Mapping[str, object] | None = None,
+              model_name: str = "the model", **options) -> Plan:
+    """Build and check a plan for ``sampler`` on ``schedule``.
+
+    ``options`` are the sampler's options and the Denoiser's (``clip``, ``threshold``,
+    ``threshold_max``); options the model supplies (``eps_moment``) may be given here too, or in
+    ``model_options``. ``tuned`` maps step counts to a model's tuned grids for this sampler
+    (``model_name`` names the model in errors).
+    ``prediction`` is checked against the grid (eps cannot start at zero terminal SNR).
+    Every error is a ValueError that names the bad value and what would be valid.
+    """
+    valid = samplers.sampler_options(sampler)  # an unknown sampler: an error listing the valid ones
+    from_model = samplers.model_options(sampler)
+    unknown = sorted(set(options) - set(valid) - set(DENOISER_OPTIONS) - set(from_model))
+    if unknown:
+        names = ", ".join([*valid, *DENOISER_OPTIONS]) or "none"
+        raise ValueError(f"unknown option {unknown[0]!r} for sampler {sampler!r}; valid: {names}")
+    sampler_opts = {k: v for k, v in options.items() if k in valid}
+    denoising = {k: v for k, v in options.items() if k in DENOISER_OPTIONS}
+    supplied = {**(model_options or {}), **{k: v for k, v in options.items() if k in from_model}}
+    supplied = {k: v for k, v in supplied.items() if k in from_model and v is not None}
+
+    grid, spacing = _place_grid(schedule, sampler, sampler_opts, steps, nfe, timesteps, spacing, tuned or {},
+                                 model_name)
+    samplers.check(sampler, schedule, grid, **sampler_opts, **supplied)
+    denoiser = Denoiser(None, schedule, prediction, **denoising)  # checks clip / threshold, runs nothing
+    if denoiser.prediction == "eps" and schedule.abar_at(grid[0]) == 0.0:
+        raise ValueError("prediction 'eps' cannot start at abar = 0 (zero terminal SNR); use 'v' or 'x0'")
+    cost = samplers.nfe_for(sampler, len(grid), **sampler_opts)
+    return Plan(sampler, tuple(grid), sampler_opts, denoising, cost, spacing, supplied)
+
+
+def _place_grid(schedule, sampler, options, steps, nfe, timesteps, spacing, tuned,
+                model_name) -> tuple[list[float], str | None]:
+    """(grid, how it was placed) from exactly one of steps / nfe / timesteps, or the default steps."""
+    if sum(v is not None for v in (steps, nfe, timesteps)) > 1:
+        raise ValueError("give only one of steps, nfe and timesteps")
+    if spacing is not None and spacing not in (*ALL_SPACINGS, TUNED):
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(ALL_SPACINGS)}, {TUNED}")
+    if timesteps is not None:
+        if spacing is not None:
+            raise ValueError(f"spacing {spacing!r} and timesteps both place the steps; give one of them")
+        return [float(t) for t in check_grid(list(timesteps), schedule.T)], None
+    if nfe is not None:
+        steps = samplers.steps_for_nfe(sampler, nfe, schedule.T, **options)
+    elif steps is None:
+        steps = default_steps(sampler, schedule.T)
+    grid = tuned.get(steps)
+    if spacing is None:
+        spacing = TUNED if grid is not None else "trailing"
+    if spacing != TUNED:
+        return [float(t) for t in schedule.grid(steps, spacing)], spacing
+    if grid is None:
+        have = ", ".join(str(k) for k in sorted(tuned)) or "none"
+        raise ValueError(f"spacing 'tuned': {model_name} has no tuned grid for {sampler} with {steps} steps (it has "
+                         f"one for steps: {have}; `ddpmkit tune` makes them)")
+    return [float(t) for t in check_grid(list(grid), schedule.T)], TUNED
