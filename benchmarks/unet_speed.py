@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import pathlib
 import resource
 import sys
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 from ddpmkit.files import write_text
 from ddpmkit.machine import describe_machine, keep_freed_memory
+from ddpmkit.measure.report import table, write_json
 from ddpmkit.models import load_model
 from ddpmkit.nets import unet
 
@@ -141,13 +141,12 @@ def main(argv=None):
           f"{result['machine']}: one forward pass of the `{args.model}` network on {args.batch} images (wall time: "
           f"best of {args.repeat}; CPU time: mean per call); all layouts agree to {agree:.1e}. Relative: wall time "
           "over the first forward row (or the first attention row) of its thread count.\n",
-          "| what | threads | wall s per batch | ms per image | user CPU s | kernel CPU s | relative |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['what']} | {r['threads']} | {r['seconds']:.3f} | {r['ms_per_image']:.2f} | {r['user_s']:.2f} | "
-           f"{r['kernel_s']:.2f} | {r['relative']:.2f} |" for r in rows]
+          table(["what", "threads", "wall s per batch", "ms per image", "user CPU s", "kernel CPU s", "relative"],
+                [[r["what"], r["threads"], f"{r['seconds']:.3f}", f"{r['ms_per_image']:.2f}", f"{r['user_s']:.2f}",
+                  f"{r['kernel_s']:.2f}", f"{r['relative']:.2f}"] for r in rows])]
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "unet_speed.json", json.dumps(result, indent=1) + "\n")
+    write_json(out / "unet_speed.json", result)
     write_text(out / "unet_speed.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

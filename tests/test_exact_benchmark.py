@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpmkit import GaussianMixture, NoiseSchedule
-from ddpmkit.exact_benchmark import distribution_errors, image_mixture, mixture_moments, principal_directions, run
+from ddpmkit.measure.exact import distribution_errors, image_mixture, mixture_moments, principal_directions, run
 
 
 def test_exact_draws_score_as_the_truth():

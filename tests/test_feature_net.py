@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ddpmkit import metrics
+from ddpmkit.measure import metrics
 from ddpmkit.data import load_dataset
-from ddpmkit.feature_net import ASSETS, accuracy, load_feature_net, predict, quantize, train_classifier
+from ddpmkit.measure.features import ASSETS, accuracy, load_feature_net, predict, quantize, train_classifier
 
 
 def test_quantize_matches_how_real_images_are_stored():
@@ -65,7 +65,7 @@ def test_mnist_classifier_accuracy_and_reference_statistics(mnist_dir):
 def test_real_digits_score_like_the_data():
     """The reference set itself as 'samples': FID 0, every class present, precision and recall
     high; uniform noise scores far off."""
-    from ddpmkit.evaluate import score_samples
+    from ddpmkit.measure import score_samples
 
     digits = load_dataset("digits")
     real = score_samples(digits.to_float(), "digits")

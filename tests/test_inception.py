@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ddpmkit.inception import FIDInceptionV3, inception_features, load_fid_inception
-from ddpmkit.metrics import feature_statistics, frechet_distance
+from ddpmkit.measure.inception import FIDInceptionV3, inception_features, load_fid_inception
+from ddpmkit.measure.metrics import feature_statistics, frechet_distance
 
 
 class _NotATensor:

@@ -3,7 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from ddpmkit.metrics import (
+from ddpmkit.measure.metrics import (
     RunningStatistics,
     feature_statistics,
     fid_difference_standard_error,
@@ -298,7 +298,7 @@ def test_precision_recall_matches_brute_force(k):
 
 
 def test_floor_at_small_sizes_is_biased_upwards():
-    from ddpmkit.evaluate import floor_at, load_reference
+    from ddpmkit.measure import floor_at, load_reference
 
     ref = load_reference("mnist")
     floors = [floor_at(ref, n) for n in (200, 500, 2000)]
@@ -312,7 +312,7 @@ def test_floor_at_small_sizes_is_biased_upwards():
 def test_evaluations_read_against_the_floor_at_their_own_size():
     """eval and bench show the floor at their sample size where the shipped floor images reach
     (2000 for MNIST), with precision and recall; past that, the shipped 10k floor."""
-    from ddpmkit.evaluate import floor_at, floor_for, load_reference
+    from ddpmkit.measure import floor_at, floor_for, load_reference
 
     ref = load_reference("mnist")
     small = floor_for(ref, 500)
@@ -330,7 +330,7 @@ def test_evaluations_read_against_the_floor_at_their_own_size():
 def test_shipped_floor_images_lie_outside_the_reference_set():
     # A floor image inside the reference would be compared with itself (FID biased low, precision 1);
     # digits, which had 898 such images, ships none (above).
-    from ddpmkit.evaluate import load_reference
+    from ddpmkit.measure import load_reference
 
     ref = load_reference("mnist")
     inside = {row.tobytes() for row in ref.features.astype(np.float16)}

@@ -48,3 +48,37 @@ def test_one_split_is_of_confident_balanced_predictions_is_the_class_count():
     probs = np.eye(10)[np.arange(500) % 5]  # 5 of 10 classes, 100 samples each
     value, se = one_split_is(probs, resamples=50)
     assert abs(value - 5.0) < 1e-9 and 0 < se < 0.05
+
+
+def test_fid_noise_reads_an_eval_reports_samples_from_the_cache(tmp_path):
+    """tools/fid_noise.py (and is_small_sample.py, which uses it) rebuild an eval report's plan and
+    read its samples through the pipeline's cache, sampling nothing; a missing chunk is refused."""
+    import json
+
+    import numpy as np
+    import pytest
+
+    from ddpmkit import measure
+    from ddpmkit.models import load_model
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from fid_noise import cached_predictions, markdown
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    model, ref = load_model("mnist"), measure.load_reference("mnist")
+    plan = model.plan(sampler="ddim", timesteps=[999, 400])
+    report = json.loads(json.dumps(measure.evaluate(model, plan, num=4, seed=1, ref=ref, cache_dir=tmp_path)))
+    feats, probs = cached_predictions(report, ref, tmp_path)
+    levels, info = measure.generate(model, plan, num=4, seed=1, levels=ref.levels, cache_dir=tmp_path)
+    assert info["cached"] == 4 and np.array_equal(feats.numpy(), measure.features_of(levels, ref)[0].numpy())
+    for chunk in pathlib.Path(info["cache"]).iterdir():
+        chunk.unlink()
+    with pytest.raises(SystemExit, match="1 sample chunks of ddim 2 are not in"):
+        cached_predictions(report, ref, tmp_path)
+    result = {"reference": "R", "resamples": 10, "floor": 1.0, "pairs": [], "real_subsets": None,
+              "rows": [{"sampler": "ddim 2", "num": 4, "fid": 3.0, "fid_se": 0.5, "block_fids": [1.0, 2.0],
+                        "block_fid_se": 0.25}]}
+    assert markdown(result, "cmd").splitlines()[4:] == [
+        "| sampler | FID (4) | FID of each disjoint 2000-seed block | bootstrap error at 2000 |",
+        "|---|---|---|---|", "| ddim 2 | 3.00 ± 0.50 | 1.0, 2.0 (spread 0.7) | 0.25 |"]

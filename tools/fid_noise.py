@@ -20,12 +20,10 @@ import sys
 import numpy as np
 import torch
 
-from ddpmkit import metrics
 from ddpmkit.data import load_dataset
-from ddpmkit.evaluate import cache_key, chunk_files, generate, load_reference
-from ddpmkit.feature_net import predict
 from ddpmkit.files import write_text
-from ddpmkit.images import from_levels
+from ddpmkit.measure import features_of, generate, load_reference, metrics, missing_chunks, report_plan
+from ddpmkit.measure.report import table, write_json
 from ddpmkit.models import load_model
 from ship_results import label  # this folder is on sys.path when the tool runs as a script
 
@@ -40,17 +38,14 @@ def cached_features(report: dict, ref, cache: pathlib.Path) -> torch.Tensor:
 def cached_predictions(report: dict, ref, cache: pathlib.Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The feature network's (features, class probabilities) of an eval report's cached samples."""
     model = load_model(report["model"])
-    steps = report["steps"]
-    folder = cache / cache_key(model, report["sampler"], steps, report["spacing"], report["options"], ref.levels,
-                               report["timesteps"])
-    missing = [path.name for _, _, path in chunk_files(folder, report["seed"], report["num"]) if not path.exists()]
+    plan = report_plan(model, report)
+    where = dict(num=report["num"], seed=report["seed"], levels=ref.levels, cache_dir=cache)
+    missing = missing_chunks(model, plan, **where)
     if missing:
-        raise SystemExit(f"{len(missing)} sample chunks of {report['sampler']} {report['steps']} are not in {folder}; "
-                         f"run its ddpmkit eval command first")
-    levels, _ = generate(model, sampler=report["sampler"], steps=steps, spacing=report["spacing"],
-                         options=report["options"], timesteps=report["timesteps"], num=report["num"],
-                         seed=report["seed"], levels=ref.levels, cache_dir=cache)
-    return predict(ref.net, from_levels(levels, ref.levels))
+        raise SystemExit(f"{len(missing)} sample chunks of {report['sampler']} {report['steps']} are not in "
+                         f"{missing[0].parent}; run its ddpmkit eval command first")
+    levels, _ = generate(model, plan, **where)
+    return features_of(levels, ref)
 
 
 def fid(feats, ref) -> float:
@@ -86,12 +81,12 @@ def main(argv=None) -> int:
     if args.data_dir:
         images = load_dataset("mnist", args.data_dir, split="train").images
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))[:30000]
-        f = predict(ref.net, from_levels(images[order].numpy(), ref.levels))[0]
+        f = features_of(images[order].numpy(), ref)[0]
         real = {n: [fid(f[b:b + n], ref) for b in range(0, len(f), n)] for n in (BLOCK, 10000)}
     result = {"reference": ref.info["reference"], "resamples": args.resamples, "rows": rows, "pairs": pairs,
               "real_subsets": real, "floor": ref.info["floor"]["fid"]}
     out = pathlib.Path(args.out)
-    write_text(out / "fid-noise.json", json.dumps(result, indent=1) + "\n")
+    write_json(out / "fid-noise.json", result)
     write_text(out / "fid-noise.md", markdown(result, " ".join(["python tools/fid_noise.py", *sys.argv[1:]])))
     print(f"wrote {out}/fid-noise.json and fid-noise.md")
     return 0
@@ -101,23 +96,21 @@ def markdown(result: dict, command: str) -> str:
     lines = ["# How noisy is FID here?", "", f"`{command}` — against the {result['reference']}, with the shipped "
              f"MNIST feature network; ± is the bootstrap standard error ({result['resamples']} resamples of the "
              "samples, the reference fixed).", "",
-             f"| sampler | FID ({result['rows'][0]['num']}) | FID of each disjoint {BLOCK}-seed block | "
-             f"bootstrap error at {BLOCK} |", "|---|---|---|---|"]
-    for r in result["rows"]:
-        blocks = ", ".join(f"{b:.1f}" for b in r["block_fids"])
-        lines.append(f"| {r['sampler']} | {r['fid']:.2f} ± {r['fid_se']:.2f} | {blocks} (spread "
-                     f"{np.std(r['block_fids'], ddof=1):.1f}) | {r['block_fid_se']:.2f} |")
+             table(["sampler", f"FID ({result['rows'][0]['num']})", f"FID of each disjoint {BLOCK}-seed block",
+                    f"bootstrap error at {BLOCK}"],
+                   [[r["sampler"], f"{r['fid']:.2f} ± {r['fid_se']:.2f}",
+                     f"{', '.join(f'{b:.1f}' for b in r['block_fids'])} (spread {np.std(r['block_fids'], ddof=1):.1f})",
+                     f"{r['block_fid_se']:.2f}"] for r in result["rows"]])]
     if result["pairs"]:
         lines += ["", "Differences on the same seeds, with the paired bootstrap error:", "",
-                  "| a | b | FID(a) - FID(b) | paired error |", "|---|---|---|---|"]
-        lines += [f"| {p['a']} | {p['b']} | {p['difference']:.2f} | {p['paired_se']:.2f} |" for p in result["pairs"]]
+                  table(["a", "b", "FID(a) - FID(b)", "paired error"],
+                        [[p["a"], p["b"], f"{p['difference']:.2f}", f"{p['paired_se']:.2f}"] for p in result["pairs"]])]
     if result["real_subsets"]:
         lines += ["", f"Real MNIST training images in disjoint random subsets (the shipped 10k floor is "
-                  f"{result['floor']:.2f}):", "", "| subset size | subsets | FID mean | FID spread (sd) | range |",
-                  "|---|---|---|---|---|"]
-        for n, v in result["real_subsets"].items():
-            lines.append(f"| {n} | {len(v)} | {np.mean(v):.2f} | {np.std(v, ddof=1):.2f} | "
-                         f"{min(v):.2f}–{max(v):.2f} |")
+                  f"{result['floor']:.2f}):", "",
+                  table(["subset size", "subsets", "FID mean", "FID spread (sd)", "range"],
+                        [[n, len(v), f"{np.mean(v):.2f}", f"{np.std(v, ddof=1):.2f}", f"{min(v):.2f}–{max(v):.2f}"]
+                         for n, v in result["real_subsets"].items()])]
     return "\n".join(lines) + "\n"
 
 

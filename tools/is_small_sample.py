@@ -21,9 +21,9 @@ import sys
 
 import numpy as np
 
-from ddpmkit import metrics
-from ddpmkit.evaluate import load_reference
 from ddpmkit.files import write_text
+from ddpmkit.measure import load_reference, metrics
+from ddpmkit.measure.report import table, write_json
 from ddpmkit.models import SHIPPED_DIR
 from fid_noise import cached_predictions  # this folder is on sys.path when the tool runs as a script
 from ship_results import label
@@ -35,6 +35,19 @@ def one_split_is(probs: np.ndarray, resamples: int, seed: int = 0) -> tuple[floa
     n = len(probs)
     boot = [metrics.inception_score(probs[rng.integers(0, n, n)], splits=1)[0] for _ in range(resamples)]
     return metrics.inception_score(probs, splits=1)[0], float(np.std(boot, ddof=1))
+
+
+def row_cells(r: dict, offsets: list[float]) -> list[str]:
+    """A row of the table: IS both ways, and the 10k IS (measured, or predicted from the offsets)."""
+    if r["is_10k"] is not None:
+        ten_k, gap = f"{r['is_10k']:.2f}", f"{r['is_10k'] - r['is_one_split']:+.3f}"
+    elif offsets:
+        ten_k, gap = (f"predicted {r['is_one_split'] + min(offsets):.2f}–{r['is_one_split'] + max(offsets):.2f} "
+                      f"(± {r['is_one_split_se']:.2f})"), ""
+    else:
+        ten_k, gap = "not measured", ""
+    return [r["sampler"], f"{r['is_10_splits']:.2f}", f"{r['is_one_split']:.2f} ± {r['is_one_split_se']:.2f}", ten_k,
+            gap]
 
 
 def main(argv=None) -> int:
@@ -63,22 +76,12 @@ def main(argv=None) -> int:
              f"`python tools/is_small_sample.py --out {args.out} {' '.join(args.reports)}` — IS by the shipped MNIST "
              f"feature network; ± is the bootstrap standard error over the samples ({args.resamples} resamples). "
              f"IS on 10k is the model card's (10 splits of 1000).", "",
-             f"| sampler | IS, 10 splits of {n // 10} | IS, one split of {n} | IS on 10k | 10k minus one split |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        if r["is_10k"] is not None:
-            ten_k, gap = f"{r['is_10k']:.2f}", f"{r['is_10k'] - r['is_one_split']:+.3f}"
-        elif offsets:
-            ten_k, gap = (f"predicted {r['is_one_split'] + min(offsets):.2f}–{r['is_one_split'] + max(offsets):.2f} "
-                          f"(± {r['is_one_split_se']:.2f})"), ""
-        else:
-            ten_k, gap = "not measured", ""
-        lines.append(f"| {r['sampler']} | {r['is_10_splits']:.2f} | {r['is_one_split']:.2f} ± "
-                     f"{r['is_one_split_se']:.2f} | {ten_k} | {gap} |")
+             table(["sampler", f"IS, 10 splits of {n // 10}", f"IS, one split of {n}", "IS on 10k",
+                    "10k minus one split"], [row_cells(r, offsets) for r in rows])]
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "is-small-sample.md", "\n".join(lines) + "\n")
-    write_text(out / "is-small-sample.json", json.dumps({"rows": rows, "offsets": offsets}, indent=1) + "\n")
+    write_json(out / "is-small-sample.json", {"rows": rows, "offsets": offsets})
     print(f"wrote {out}/is-small-sample.md and is-small-sample.json")
     return 0
 

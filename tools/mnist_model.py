@@ -21,7 +21,7 @@ for ``--variances`` (a lease of 15 minutes holds one 1000-step variance of 10k s
 already in ``--work``/cache (carried from an earlier lease or a CPU run) are reused, and the
 finished chunks go into results.tar with the scores, so a lease cut short leaves them for the next.
 
-What the leases ran is in src/ddpmkit/assets/models/README.md.
+What the leases ran is in docs/mnist-model.md.
 Measuring only (the smoke test of that mode): python tools/mnist_model.py --device cpu --model mnist
     --out /tmp/o --work /tmp/w --ddpm-full --variances small --ddpm-steps 3 --num 600 --workers 2 --deadline 300
 A CPU smoke test: python tools/mnist_model.py --device cpu --data-dir DIR --out /tmp/o --run /tmp/r
@@ -120,13 +120,19 @@ def timed_runs(r: Runner, command: str, jobs: dict[pathlib.Path, list[str]], *, 
 
 def generate_worker(model: str, variance: str, steps: int, first: int, num: int, cache: str, device: str,
                     batch_size: int) -> None:
-    from ddpmkit.evaluate import generate, load_reference
+    from ddpmkit.measure import generate, load_reference
     from ddpmkit.models import load_model
 
     m = load_model(model, device=device)
     levels = load_reference("mnist").levels
-    generate(m, sampler="ddpm", steps=steps, spacing="trailing", options={"variance": variance}, num=num,
-             seed=first, levels=levels, cache_dir=cache, batch_size=batch_size, device=device)
+    generate(m, full_ddpm_plan(m, steps, variance), num=num, seed=first, levels=levels, cache_dir=cache,
+             batch_size=batch_size, device=device)
+
+
+def full_ddpm_plan(model, steps: int, variance: str):
+    """Phase 4's plan: DDPM with ``steps`` trailing steps and this variance (what its ``ddpmkit eval``
+    plans, so that the workers' chunks lie under eval's cache key)."""
+    return model.plan(sampler="ddpm", steps=steps, spacing="trailing", variance=variance)
 
 
 def pack(out: pathlib.Path, paths: list[pathlib.Path]) -> None:
@@ -243,7 +249,7 @@ def measure_full_ddpm(a, r: Runner, model: str, res: pathlib.Path, out: pathlib.
     """Phase 4: DDPM with all --ddpm-steps steps for each variance, sampled by --workers processes
     into the eval cache, then scored by ``ddpmkit eval``; the scores and the cache's chunks of that
     variance are packed into results.tar after each variance (``keep`` grows by them)."""
-    from ddpmkit.evaluate import cache_key, load_reference
+    from ddpmkit.measure import cache_key, load_reference
     from ddpmkit.models import load_model
 
     cache = res / "cache"
@@ -251,7 +257,7 @@ def measure_full_ddpm(a, r: Runner, model: str, res: pathlib.Path, out: pathlib.
     env = dict(os.environ, OMP_NUM_THREADS="1")
     loaded, levels = load_model(model), load_reference("mnist").levels
     for variance in variances:
-        chunks = cache / cache_key(loaded, "ddpm", a.ddpm_steps, "trailing", {"variance": variance}, levels)
+        chunks = cache / cache_key(loaded, full_ddpm_plan(loaded, a.ddpm_steps, variance), levels)
         if r.left() < 90:
             print(f"skipped ddpm {a.ddpm_steps} {variance}: {r.left():.0f}s left", flush=True)
             continue

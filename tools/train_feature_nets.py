@@ -18,11 +18,12 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from ddpmkit import metrics
 from ddpmkit.data import load_dataset
-from ddpmkit.feature_net import ASSETS, accuracy, load_feature_net, predict, save_feature_net, train_classifier
 from ddpmkit.files import atomic_path, write_text
 from ddpmkit.machine import describe_machine
+from ddpmkit.measure import metrics
+from ddpmkit.measure.features import ASSETS, accuracy, load_feature_net, predict, save_feature_net, train_classifier
+from ddpmkit.measure.report import table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def save_stats(net, reference, other, path, info: dict) -> None:
     (float16, for KID and precision/recall, which need points rather than moments); and, where the
     floor's other real set lies outside the reference set, the features and class probabilities of up
     to FLOOR_POINTS of its images, so that an evaluation of N samples can be put beside the floor at
-    the same N (``evaluate.floor_at``). ``other=None``: no such images (digits, whose reference is all
+    the same N (``measure.floor_at``). ``other=None``: no such images (digits, whose reference is all
     of its data: a floor from images inside the reference would be biased low)."""
     feats, _ = predict(net, reference)
     mu, sigma = metrics.feature_statistics(feats)
@@ -119,16 +120,15 @@ def main(argv=None) -> int:
              "softmax IS. They replace InceptionV3 where it does not apply or cannot be downloaded: numbers "
              "made with them compare with each other, never with published Inception FIDs.\n",
              f"Made by `{command.strip()}` on {machine}.\n",
-             "| network | data | held-out accuracy | epochs | train time (s) |", "|---|---|---|---|---|"]
-    for name, c in cards.items():
-        lines.append(f"| {name} | {c['data']} | {100 * c['test_accuracy']:.2f}% | {c['epochs']} | {c['train_seconds']} |")
-    lines += ["\n## Data floor: the metrics between two real sets of the same size\n",
-              "| network | sets | FID | KID | precision | recall | IS |", "|---|---|---|---|---|---|---|"]
+             table(["network", "data", "held-out accuracy", "epochs", "train time (s)"],
+                   [[name, c["data"], f"{100 * c['test_accuracy']:.2f}%", c["epochs"], c["train_seconds"]]
+                    for name, c in cards.items()]),
+             "\n## Data floor: the metrics between two real sets of the same size\n"]
     sets = {"mnist": "10k train subset vs test", "digits": "two halves (898 each)"}
-    for name, c in cards.items():
-        f = c["floor"]
-        lines.append(f"| {name} | {sets[name]} | {f['fid']:.3f} | {f['kid']:.5f} | {f['precision']:.3f} | "
-                     f"{f['recall']:.3f} | {f['is']:.2f} |")
+    floors = [(name, c["floor"]) for name, c in cards.items()]
+    lines.append(table(["network", "sets", "FID", "KID", "precision", "recall", "IS"],
+                       [[name, sets[name], f"{f['fid']:.3f}", f"{f['kid']:.5f}", f"{f['precision']:.3f}",
+                         f"{f['recall']:.3f}", f"{f['is']:.2f}"] for name, f in floors]))
     write_text(ASSETS / "FEATURE_NETS.md", "\n".join(lines) + "\n")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,3 +58,50 @@ def grid_scale(height: int) -> int:
 def save_image(img: Image.Image, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def output_kind(out: str | os.PathLike) -> str:
+    """What a sample command's output path names: "grid" (a .png image grid), "npz" (arrays) or
+    "dir" (a folder of one PNG per sample); an error for a path that can be none of them. Whether it
+    can be written is the caller's to check."""
+    out = pathlib.Path(out)
+    if str(out) in ("", "."):
+        raise ValueError(f"--out {str(out)!r} names no new file or folder; give grid.png, samples.npz or a folder name")
+    suffix = out.suffix.lower()
+    kind = {".png": "grid", ".npz": "npz"}.get(suffix, "dir")
+    if kind == "dir" and suffix:
+        raise ValueError(f"--out {out}: use .png for a grid, .npz for arrays, or a folder name without an extension")
+    if kind != "dir" and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name")
+    if kind == "dir" and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a .png, a .npz or a folder")
+    return kind
+
+
+def write_samples(x: torch.Tensor, seeds: Sequence[int], out: str | os.PathLike, kind: str, data_range) -> None:
+    """Samples (N, C, H, W) in ``data_range`` to ``out`` as ``output_kind`` says: "npz" (float32
+    ``samples`` clamped to the range, int64 ``seeds``), "grid" (a square-ish PNG grid, the last row
+    padded with blank tiles) or "dir" (one PNG per sample, named by its seed). Missing folders are
+    made; every file is written atomically."""
+    import math
+
+    out = pathlib.Path(out)
+    (out if kind == "dir" else out.parent).mkdir(parents=True, exist_ok=True)
+    if kind == "npz":
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, samples=x.float().clamp(*data_range).cpu().numpy(), seeds=np.array(seeds, dtype=np.int64))
+    elif kind == "grid":
+        side = math.ceil(math.sqrt(len(x)))
+        rows = [x[i : i + side] for i in range(0, len(x), side)]
+        if len(rows[-1]) < side:  # pad the last row with blank (lowest value) tiles
+            pad = torch.full((side - len(rows[-1]), *x.shape[1:]), data_range[0])
+            rows[-1] = torch.cat([rows[-1], pad])
+        save_image(labelled_grid(rows, [""] * len(rows), scale=grid_scale(x.shape[2]), data_range=data_range), out)
+    elif kind == "dir":
+        for img, seed in zip(to_uint8(x, data_range), seeds):
+            pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            with atomic_path(out / f"{seed:06d}.png") as tmp:
+                pic.save(tmp, format="PNG")
+    else:
+        raise ValueError(f"kind={kind!r} is not valid; choose grid, npz or dir")

@@ -15,6 +15,8 @@ That graph differs from torchvision's Inception-v3 in three places, reproduced h
 - the classifier ``fc`` has 1008 outputs (a background class, ImageNet's 1000 classes, 7 unused slots).
 
 No weights are shipped and nothing is downloaded: pass the file to :func:`load_fid_inception`.
+``setup`` and ``scores`` are what ``ddpmkit eval --inception`` runs: the network and the model's real
+images, then the usual Inception FID and IS of quantised samples against them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import pathlib
 import pickle
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -276,3 +279,49 @@ def inception_features(net: FIDInceptionV3, images: torch.Tensor, batch_size: in
     if not feats:
         return np.zeros((0, FEATURE_DIM)), np.zeros((0, NUM_CLASSES))
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
+
+
+INCEPTION_REAL = 10000  # real images the Inception FID compares against, at most
+
+
+@dataclass
+class InceptionSetup:
+    """The FID Inception network, the real images it compares against, and what they are."""
+
+    net: FIDInceptionV3
+    real: torch.Tensor  # float in [-1, 1], (N, C, H, W)
+    reference: str  # "mnist test, 10000 images"
+    weights: str  # the weights file, as given
+
+
+def setup(weights: str | os.PathLike, model, data_dir: str | os.PathLike | None = None, max_real: int | None = None,
+          device="cpu") -> InceptionSetup:
+    """The FID Inception network from ``weights`` and the real images of ``model``'s data set (a
+    ``LoadedModel``; its test split where it has one, at most ``max_real``, default
+    ``INCEPTION_REAL``), read from ``data_dir``. A missing weights file is a ValueError naming
+    ``--inception``."""
+    from ..data import load_dataset
+
+    try:
+        net = load_fid_inception(weights).to(device)
+    except FileNotFoundError as e:
+        raise ValueError(f"--inception: {e}") from None
+    dataset = model.config["data"]["dataset"]
+    split = "train" if dataset == "digits" or dataset.startswith("folder:") else "test"
+    real = load_dataset(dataset, data_dir, split=split)
+    n = min(len(real), max_real or INCEPTION_REAL)
+    return InceptionSetup(net, real.to_float()[:n], f"{dataset} {split}, {n} images", str(weights))
+
+
+def scores(setup: InceptionSetup, levels, num_levels: int) -> dict:
+    """The usual Inception FID and IS of samples given as grey levels 0..num_levels, against the
+    setup's real images: {fid, is, is_std, weights, reference}."""
+    from ..images import from_levels
+    from .metrics import feature_statistics, frechet_distance, inception_score
+
+    fake = from_levels(levels, num_levels)
+    f_real, _ = inception_features(setup.net, setup.real)
+    f_fake, p_fake = inception_features(setup.net, fake)
+    is_mean, is_std = inception_score(p_fake, splits=min(10, len(fake)))
+    return {"fid": frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_real)), "is": is_mean,
+            "is_std": is_std, "weights": setup.weights, "reference": setup.reference}

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .files import atomic_path
-from .images import from_levels, to_levels
-from .nets.classifier import FeatureClassifier
+from ..files import atomic_path
+from ..images import from_levels, to_levels
+from ..nets.classifier import FeatureClassifier
 
-ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
+ASSETS = pathlib.Path(__file__).resolve().parent.parent / "assets"
 
 
 def quantize(x: torch.Tensor, levels: int = 255, data_range=(-1.0, 1.0)) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Sample-quality metrics computed on feature arrays (the feature network lives elsewhere).
+"""Sample-quality metrics computed on feature arrays (the feature networks live in ``measure.features``).
 
 Every function accepts numpy arrays or torch tensors and works in float64 throughout.
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import time
 
-from .checkpoint import CheckpointError
-from .evaluate import floor_at, load_reference, score
-from .images import labelled_grid, save_image, to_levels
-from .models import SHIPPED_DIR, load_model
-from .sampling import sample
-from .schedule import format_grid
+from ..checkpoint import CheckpointError
+from ..images import labelled_grid, save_image, to_levels
+from ..models import SHIPPED_DIR, load_model
+from ..schedule import format_grid
+from . import report
+from .reference import floor_at, load_reference
+from .score import score
 
 # (label, model, sampler, steps, options, spacing); spacing None takes the model's tuned grid
 ROWS = [
@@ -38,6 +39,8 @@ def shipped_results() -> dict:
 
 
 def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) -> list[dict]:
+    """Every row of ``ROWS`` on seeds 0..num-1: NFE, seconds, FID against the shipped MNIST
+    reference; the first ``show`` samples of each row go to the grid ``out_png``."""
     ref = load_reference("mnist")
     models, rows, results = {}, [], []
     shipped = shipped_results()
@@ -52,16 +55,13 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) 
         if m is None:
             continue
         start = time.perf_counter()
-        spacing, grid = m.plan_grid(sampler, steps, spacing)
-        x, info = sample(m.net, m.schedule, sampler=sampler, steps=None if grid else steps, timesteps=grid,
-                         spacing=spacing, prediction=m.prediction,
-                         shape=(num, *m.shape), seeds=range(num), batch_size=100, data_range=m.data_range,
-                         return_info=True, **opts)
+        plan = m.plan(sampler=sampler, steps=steps, spacing=spacing, **opts)
+        x, info = m.sample(plan, seeds=range(num), batch_size=100, return_info=True)
         seconds = time.perf_counter() - start
         s = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False)
-        results.append({"sampler": label, "model": name, "timesteps": grid, "nfe": info["nfe"], "seconds": seconds,
-                        "num": num, "fid": s["fid"], "fid_se": s["fid_se"], "is": s["is"],
-                        "classes": s["class_frequencies"],
+        results.append({"sampler": label, "model": name, "timesteps": list(plan.grid) if plan.spacing == "tuned"
+                        else None, "nfe": info["nfe"], "seconds": seconds, "num": num, "fid": s["fid"],
+                        "fid_se": s["fid_se"], "is": s["is"], "classes": s["class_frequencies"],
                         "shipped": shipped.get(label)})
         rows.append(x[:show])
         if not quiet:
@@ -72,16 +72,17 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) 
 
 
 def markdown_table(results: list[dict], num: int) -> str:
+    """The demo's table: one line per row and the data floor's (at ``num`` and at 10k)."""
     ref = load_reference("mnist")
     floor, full = floor_at(ref, num), ref.info["floor"]
-    lines = [f"| sampler | NFE | wall time (s, {num} samples) | FID ({num} samples) | FID (10k) | IS (10k) |",
-             "|---|---|---|---|---|---|"]
+    lines = []
     for r in results:
         ship = r["shipped"] or {}
         fid10k = f"{ship['fid']:.2f}" if "fid" in ship else "—"
         is10k = f"{ship['is']:.2f}" if "is" in ship else "—"
         grid = f" (tuned t = {format_grid(r['timesteps'])})" if r.get("timesteps") else ""
-        lines.append(f"| {r['sampler']}{grid} | {r['nfe']} | {r['seconds']:.1f} | "
-                     f"{r['fid']:.1f} ± {r['fid_se']:.1f} | {fid10k} | {is10k} |")
-    lines.append(f"| real MNIST (data floor) | | | {floor['fid']:.1f} | {full['fid']:.2f} | {full['is']:.2f} |")
-    return "\n".join(lines)
+        lines.append([f"{r['sampler']}{grid}", r["nfe"], f"{r['seconds']:.1f}", f"{r['fid']:.1f} ± {r['fid_se']:.1f}",
+                      fid10k, is10k])
+    lines.append(["real MNIST (data floor)", "", "", f"{floor['fid']:.1f}", f"{full['fid']:.2f}", f"{full['is']:.2f}"])
+    return report.table(["sampler", "NFE", f"wall time (s, {num} samples)", f"FID ({num} samples)", "FID (10k)",
+                         "IS (10k)"], lines)

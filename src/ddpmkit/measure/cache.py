@@ -1,0 +1,82 @@
+"""The sample cache: a model's samples under a plan, as grey levels, chunk by chunk on disk.
+
+Samples are generated in chunks of consecutive seeds and cached (uint8 grey levels, one file per
+chunk, written atomically), so an interrupted measurement resumes where it stopped and a repeated
+one costs nothing. The key of a chunk's folder is what decides the samples: the model file's bytes,
+the plan's ``key()`` and the grey levels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from ..files import atomic_path, file_digest
+from ..images import to_levels
+
+CHUNK = 500  # seeds per cached file
+
+
+def cache_key(model, plan, levels: int) -> str:
+    """16 hex digits of the SHA-256 of what decides the samples: the model file's bytes (their
+    SHA-256, so that a copy of the file on another machine or path finds the same chunks, and a
+    rewritten file never reads stale ones), the plan's ``key()`` (sampler, steps, the spacing or
+    the timesteps themselves for an explicit or tuned grid, options at other than their defaults)
+    and the number of grey levels."""
+    what = {"model_sha256": file_digest(model.path), **plan.key(), "levels": levels}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def chunk_files(folder: pathlib.Path, seed: int, num: int, chunk: int = CHUNK) -> list[tuple[int, int, pathlib.Path]]:
+    """(first seed, count, file) of each cached chunk that seeds seed .. seed+num-1 fill."""
+    counts = [(first, min(chunk, seed + num - first)) for first in range(seed, seed + num, chunk)]
+    return [(first, count, pathlib.Path(folder) / f"seeds-{first:09d}-{count:05d}.npz") for first, count in counts]
+
+
+def cache_folder(model, plan, levels: int, cache_dir: str | os.PathLike) -> pathlib.Path:
+    """The folder of ``cache_dir`` that holds the chunks of this model, plan and grey levels."""
+    return pathlib.Path(cache_dir) / cache_key(model, plan, levels)
+
+
+def missing_chunks(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | os.PathLike,
+                   chunk: int = CHUNK) -> list[pathlib.Path]:
+    """The chunk files that ``generate`` would have to sample (empty: everything is cached)."""
+    folder = cache_folder(model, plan, levels, cache_dir)
+    return [path for _, _, path in chunk_files(folder, seed, num, chunk) if not path.exists()]
+
+
+def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | os.PathLike, chunk: int = CHUNK,
+             batch_size: int = 250, device="cpu", progress=None) -> tuple[np.ndarray, dict]:
+    """Samples of ``model`` (a ``LoadedModel``) under ``plan`` for seeds seed .. seed+num-1, as
+    uint8 grey levels 0..levels, chunk by chunk, from the cache where a chunk is there already.
+    ``progress(count)`` is called after each chunk. Returns (levels array, info with ``nfe`` per
+    sample, ``seconds`` spent sampling (as measured when each chunk was made), ``cached`` (samples
+    read from the cache) and ``cache`` (the folder))."""
+    folder = cache_folder(model, plan, levels, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts, seconds, nfe, cached = [], 0.0, None, 0
+    for first, count, path in chunk_files(folder, seed, num, chunk):
+        if path.exists():
+            with np.load(path, allow_pickle=False) as data:
+                part, secs, used = data["levels"], float(data["seconds"]), int(data["nfe"])
+            cached += count
+        else:
+            start = time.perf_counter()
+            x, info = model.sample(plan, seeds=range(first, first + count), batch_size=batch_size, device=device,
+                                   return_info=True)
+            part = to_levels(x, levels, model.data_range)
+            secs, used = time.perf_counter() - start, info["nfe"]
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, levels=part, seconds=secs, nfe=used)
+        parts.append(part)
+        seconds += secs
+        nfe = used
+        if progress is not None:
+            progress(count)
+    return np.concatenate(parts), {"nfe": nfe, "seconds": seconds, "cached": cached, "cache": str(folder)}
