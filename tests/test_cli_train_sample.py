@@ -178,7 +178,7 @@ def test_eval_measures_the_samples_that_clip_and_threshold_give(tmp_path):
 
     import torch
 
-    from ddpmkit.evaluate import load_reference
+    from ddpmkit.measure import load_reference
     from ddpmkit.images import to_levels
 
     num_levels = load_reference("mnist").levels
@@ -201,18 +201,17 @@ def test_eval_measures_the_samples_that_clip_and_threshold_give(tmp_path):
 
 
 def test_generate_resumes_from_its_chunks(run_dir, tmp_path):
-    from ddpmkit.evaluate import generate
+    from ddpmkit.measure import generate
     from ddpmkit.models import load_model
 
     model = load_model(run_dir)
-    kw = dict(sampler="ddim", steps=4, spacing="trailing", options={}, num=48, seed=3, levels=16,
-              cache_dir=tmp_path, chunk=16)
-    first, info = generate(model, **kw)
+    kw = dict(num=48, seed=3, levels=16, cache_dir=tmp_path, chunk=16)
+    first, info = generate(model, model.plan(sampler="ddim", steps=4, spacing="trailing"), **kw)
     assert first.dtype == np.uint8 and first.shape == (48, 1, 8, 8) and first.max() <= 16 and info["cached"] == 0
     chunks = sorted(pathlib.Path(info["cache"]).iterdir())
     assert len(chunks) == 3
     chunks[1].unlink()  # as if interrupted while making the middle chunk
-    again, info = generate(model, **kw)
+    again, info = generate(model, model.plan(sampler="ddim", steps=4, spacing="trailing"), **kw)
     assert info["cached"] == 32 and np.array_equal(again, first)
 
 
@@ -222,8 +221,11 @@ def test_cache_key_follows_the_model_bytes_not_its_path_or_mtime(run_dir, tmp_pa
     import os
     import shutil
 
-    from ddpmkit.evaluate import cache_key
+    from ddpmkit.measure import cache_key as plan_key
     from ddpmkit.models import load_model
+
+    def cache_key(model, sampler, steps, spacing, options, levels):
+        return plan_key(model, model.plan(sampler=sampler, steps=steps, spacing=spacing, **options), levels)
 
     copy = tmp_path / "elsewhere" / "model.safetensors"
     copy.parent.mkdir()
@@ -276,8 +278,7 @@ def test_bench_writes_every_output(run_dir, tmp_path):
 
 
 def test_bench_specs_and_errors(run_dir, tmp_path, cli_error):
-    from ddpmkit.bench import PRESETS, parse_sampler
-    from ddpmkit.cli import split_specs
+    from ddpmkit.measure.bench import PRESETS, parse_sampler, split_specs
 
     assert split_specs("ddim:eta=0.5,unipc:order=3,variant=bh1,ddpm") == ["ddim:eta=0.5", "unipc:order=3,variant=bh1", "ddpm"]
     assert parse_sampler("unipc@logsnr:order=3,variant=bh1") == ("unipc@logsnr:order=3,variant=bh1", "unipc",
@@ -333,7 +334,7 @@ def test_eval_adds_the_inception_fid_with_given_weights(run_dir, tmp_path, cli_e
 
     import torch
 
-    from ddpmkit.inception import FIDInceptionV3
+    from ddpmkit.measure.inception import FIDInceptionV3
 
     weights = tmp_path / "inception.pth"
     torch.save(FIDInceptionV3().state_dict(), weights)
@@ -344,13 +345,10 @@ def test_eval_adds_the_inception_fid_with_given_weights(run_dir, tmp_path, cli_e
     inc = json.loads(out.read_text())["inception"]
     assert inc["reference"] == "digits train, 4 images" and inc["fid"] >= 0 and 1.0 <= inc["is"] <= 1008
     assert "Inception FID" in r.stdout
-    import argparse
-
-    from ddpmkit.cli import _inception_setup
+    from ddpmkit.measure import inception
     from ddpmkit.models import load_model
 
-    unset = argparse.Namespace(inception=str(weights), inception_data=None, inception_real=None, device="cpu")
-    assert _inception_setup(unset, load_model(run_dir))[2] == "digits train, 1797 images"  # at most 10000
+    assert inception.setup(weights, load_model(run_dir)).reference == "digits train, 1797 images"  # at most 10000
     assert "--inception: FID Inception weights not found" in cli_error(
         "eval", "--model", run_dir, "--num", 4, "--out", tmp_path / "f.json", "--inception", tmp_path / "none.pth")
     assert not (tmp_path / "f.json").exists()

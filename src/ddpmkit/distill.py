@@ -37,47 +37,58 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .consistency import ConsistencyFunction, abar_tensor, sigma_of_abar, x0_estimate
+from .consistency import ConsistencyFunction, abar_tensor
 from .data import DATA_RANGE, load_dataset
 from .images import grid_scale, labelled_grid, save_image
 from .models import build_net, load_model
+from .samplers.edm import heun_step
 from .sampling import sample
-from .train import Trainer, autocast, check_run_options, step_seed
+from .train import TrainConfig, Trainer, autocast, check_run_options, option, step_seed
+from .vp import abar_from_sigma, sigma_from_abar, x0_from_output, x_from_y
 
 METHODS = ("cd", "ct")
 SOLVERS = ("heun", "ddim")
 LOSSES = ("huber", "l2")
 
 
+# the fields a distillation run shares with a training run, declared once (TrainConfig)
+TRAIN = {f.name: dataclasses.field(default=f.default, metadata=f.metadata) for f in dataclasses.fields(TrainConfig)}
+
+
 @dataclasses.dataclass
 class DistillConfig:
-    teacher: str = "mnist"
-    method: str = "cd"
-    data_dir: str | None = None
-    download: bool = False
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-4
-    warmup: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # the sampling weights
-    target_decay: float | None = None  # theta-: default 0.95 for cd, 0 for ct
-    num_scales: int = 18  # N for cd
-    ct_s0: int = 10  # iCT curriculum
-    ct_s1: int = 1280
-    ct_total: int | None = None  # K of the curriculum; default: the run's first ``steps``, kept on resume
-    solver: str = "heun"
-    loss: str = "huber"
-    sigma_data: float = 0.5
-    init: str = "teacher"
-    x0_head: bool = False  # a second, direct-x0 output blended in at high noise (ddpmkit.consistency)
-    init_from: str | None = None  # a consistency model whose EMA weights start the student (a warm start)
-    precision: str = "fp32"  # bf16: autocast of the student, target and teacher networks
-    seed: int = 0
-    checkpoint_every: int = 500
-    sample_every: int = 1000
-    log_every: int = 25
+    teacher: str = option("mnist", "the DDPM to distil: a shipped model name (mnist) or a model file / run folder")
+    method: str = option("cd", "cd (consistency distillation, Algorithm 2) or ct (consistency training, Algorithm 3 "
+                         "with iCT)")
+    data_dir: str | None = TRAIN["data_dir"]
+    download: bool = TRAIN["download"]
+    steps: int = option(2000, TRAIN["steps"].metadata["help"])
+    batch_size: int = option(128, TRAIN["batch_size"].metadata["help"])
+    lr: float = option(1e-4, TRAIN["lr"].metadata["help"])
+    warmup: int = option(100, TRAIN["warmup"].metadata["help"], "count")
+    weight_decay: float = TRAIN["weight_decay"]
+    grad_clip: float = TRAIN["grad_clip"]
+    ema_decay: float = TRAIN["ema_decay"]
+    target_decay: float | None = option(None, "EMA rate mu of the target network theta- (default: 0.95 for cd, 0 "
+                                        "for ct)", float)
+    num_scales: int = option(18, "N, the points of the Karras grid for cd")
+    ct_s0: int = option(10, "iCT curriculum: initial number of intervals for ct")
+    ct_s1: int = option(1280, "iCT curriculum: final number of intervals for ct")
+    ct_total: int | None = option(None, "iCT curriculum: the steps K it spans (default: --steps of the run's start, "
+                                  "kept on resume)", int)
+    solver: str = option("heun", "the teacher's ODE step for cd: heun (2 NFE) or ddim (Euler, 1 NFE)")
+    loss: str = option("huber", "huber (pseudo-Huber, iCT) or l2")
+    sigma_data: float = option(0.5, "sigma_data of the boundary parameterisation c_skip")
+    init: str = option("teacher", "ct only: start from the teacher's weights (teacher) or from fresh ones (scratch)")
+    x0_head: bool = option(False, "give the student a direct x0 output, blended in at high noise (better one-step "
+                           "samples from an eps teacher; ddpmkit.consistency)")
+    init_from: str | None = option(None, "start the student from this consistency model's EMA weights (e.g. "
+                                   "mnist-cm), to continue a distillation whose checkpoint is gone")
+    precision: str = option("fp32", "fp32, or bf16 (autocast of the student, target and teacher)")
+    seed: int = option(0, "seed of the data order, noise levels, noise and dropout", "count")
+    checkpoint_every: int = TRAIN["checkpoint_every"]
+    sample_every: int = TRAIN["sample_every"]
+    log_every: int = TRAIN["log_every"]
 
     def validate(self) -> None:
         check_run_options(self, ("ct_s0", "ct_s1"))
@@ -126,11 +137,6 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
     return ((a - b).flatten(1).pow(2).sum(1) + c * c).sqrt() - c
 
 
-def to_vp(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """EDM's y at noise level sigma (one per sample) -> the VP state x_t = y / sqrt(1 + sigma^2), float32."""
-    return (y / (1 + sigma**2).sqrt().view(-1, *([1] * (y.ndim - 1)))).float()
-
-
 class Pair(NamedTuple):
     """Adjacent grid points per sample: (t_{n+1}, sigma_{n+1}) and (t_n, sigma_n), sigma_n < sigma_{n+1}."""
     t_hi: torch.Tensor
@@ -141,16 +147,12 @@ class Pair(NamedTuple):
 
 def teacher_step(teacher_x0, y: torch.Tensor, pair: Pair, solver: str = "heun") -> torch.Tensor:
     """One step of the probability-flow ODE dy/dsigma = (y - D(y; sigma)) / sigma from sigma_{n+1}
-    down to sigma_n (> 0): Euler (= DDIM) or Heun (EDM Algorithm 1's step). ``teacher_x0(y, t,
-    sigma)`` is the teacher's denoiser D with one timestep per sample."""
+    down to sigma_n (> 0): Euler (= DDIM) or Heun (EDM Algorithm 1's step, ``samplers.edm.heun_step``).
+    ``teacher_x0(y, t, sigma)`` is the teacher's denoiser D with one timestep per sample."""
     shape = (-1, *([1] * (y.ndim - 1)))
-    h = (pair.s_lo - pair.s_hi).view(shape)
-    d1 = (y - teacher_x0(y, pair.t_hi, pair.s_hi)) / pair.s_hi.view(shape)
-    y_euler = y + h * d1
-    if solver == "ddim":
-        return y_euler
-    d2 = (y_euler - teacher_x0(y_euler, pair.t_lo, pair.s_lo)) / pair.s_lo.view(shape)
-    return y + h * (d1 + d2) / 2
+    x0 = teacher_x0(y, pair.t_hi, pair.s_hi)
+    correct = None if solver == "ddim" else (lambda y_next: teacher_x0(y_next, pair.t_lo, pair.s_lo))
+    return heun_step(y, x0, pair.s_hi.view(shape), pair.s_lo.view(shape), correct)
 
 
 def pair_states(x0: torch.Tensor, z: torch.Tensor, pair: Pair, teacher_x0=None, solver: str = "heun"):
@@ -171,8 +173,8 @@ def consistency_loss(student, target, y_hi, y_lo, pair: Pair, weight: torch.Tens
     """lambda d(f_theta(y_{n+1}, t_{n+1}), f_theta-(y_n, t_n)), averaged over the batch; the target
     side carries no gradient."""
     with torch.no_grad():
-        goal = target(to_vp(y_lo, pair.s_lo), pair.t_lo)
-    pred = student(to_vp(y_hi, pair.s_hi), pair.t_hi)
+        goal = target(x_from_y(y_lo, pair.s_lo).float(), pair.t_lo)
+    pred = student(x_from_y(y_hi, pair.s_hi).float(), pair.t_hi)
     if loss == "l2":
         dist = (pred - goal).flatten(1).pow(2).mean(1)
     else:
@@ -256,7 +258,7 @@ class Distiller(Trainer):
         n = cfg.num_scales if cfg.method == "cd" else ict_num_scales(step - 1, cfg.ct_total, cfg.ct_s0, cfg.ct_s1)
         if n not in self._scales:
             ts = torch.as_tensor(karras_timesteps(self.schedule, n), dtype=torch.float64)
-            sig = sigma_of_abar(abar_tensor(self.schedule, ts))
+            sig = sigma_from_abar(abar_tensor(self.schedule, ts))
             probs = ict_index_probs(sig.numpy()) if cfg.method == "ct" else None
             self._scales[n] = (ts, sig, probs)
         return self._scales[n]
@@ -264,8 +266,8 @@ class Distiller(Trainer):
     # -- one step ------------------------------------------------------------------------------
     def teacher_x0(self, y: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The teacher's denoiser D(y; sigma) at one timestep per sample."""
-        x_t = to_vp(y, sigma)
-        return x0_estimate(self.teacher.net(x_t, t), x_t, 1.0 / (1.0 + sigma**2), self.teacher.prediction).double()
+        x_t = x_from_y(y, sigma).float()
+        return x0_from_output(self.teacher.net(x_t, t), x_t, abar_from_sigma(sigma), self.teacher.prediction).double()
 
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg

@@ -33,31 +33,40 @@ MODEL = "model.safetensors"  # EMA weights and config, for sampling
 LOG = "log.jsonl"
 
 
+def option(default, help: str, kind=None):
+    """A run option: its default, its --help text and (where the default's type does not say it)
+    the type of its value, declared together; the ``ddpmkit`` command reads all three."""
+    return dataclasses.field(default=default, metadata={"help": help, "kind": kind})
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    image_size: int | None = None  # resize (centre crop) every image to this square side
-    net: str = "auto"  # a U-Net preset; auto: "digits" for 8x8 data, "small" otherwise
-    dropout: float = 0.1
-    schedule: str = "linear"
-    T: int = 1000
-    prediction: str = "eps"
-    steps: int = 5000
-    batch_size: int = 128
-    lr: float = 2e-4
-    warmup: int = 200
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    min_snr_gamma: float | None = None
-    init_from: str | None = None  # a model file whose EMA weights start the run (a warm start)
-    precision: str = "fp32"  # bf16: autocast of the network (Ampere+ GPUs, or the CPU)
-    seed: int = 0
-    checkpoint_every: int = 500
-    sample_every: int = 1000
-    log_every: int = 25
+    dataset: str = option("digits", "digits, mnist, fashion-mnist, cifar10 or folder:PATH")
+    data_dir: str | None = option(None, "folder with the dataset's files (default: data/DATASET)")
+    download: bool = option(False, "download the dataset's official files into --data-dir if they are missing")
+    image_size: int | None = option(None, "resize every image to this square side (shorter side, then centre crop); "
+                                    "needed for folders of mixed sizes (default: the native size)", int)
+    net: str = option("auto", "U-Net preset: auto (digits for 8x8 data, small otherwise), tiny, small, digits")
+    dropout: float = option(0.1, "dropout in the residual blocks")
+    schedule: str = option("linear", "noise schedule: linear, scaled_linear, cosine, sigmoid")
+    T: int = option(1000, "number of diffusion timesteps")
+    prediction: str = option("eps", "what the network predicts: eps, x0 or v")
+    steps: int = option(5000, "total optimisation steps (with --resume: the new total)")
+    batch_size: int = option(128, "images per step")
+    lr: float = option(2e-4, "AdamW learning rate after warm-up")
+    warmup: int = option(200, "linear learning-rate warm-up steps", "count")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "clip the gradient norm to this")
+    ema_decay: float = option(0.999, "EMA decay of the weights used for sampling")
+    min_snr_gamma: float | None = option(None, "min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; off when "
+                                         "not given", float)
+    init_from: str | None = option(None, "start from this model's EMA weights (same network; a warm start with a "
+                                   "fresh optimiser)")
+    precision: str = option("fp32", "fp32, or bf16 (autocast of the network; on GPUs from Ampere on, or the CPU)")
+    seed: int = option(0, "seed of the data order, timesteps, noise, dropout and initial weights", "count")
+    checkpoint_every: int = option(500, "write the checkpoint every this many steps")
+    sample_every: int = option(1000, "write a sample grid every this many steps")
+    log_every: int = option(25, "append a line to log.jsonl every this many steps")
 
     def validate(self) -> None:
         check_run_options(self, ("T",))

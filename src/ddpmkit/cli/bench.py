@@ -1,0 +1,62 @@
+"""``ddpmkit bench``: every sampler spec at every NFE budget on one model, measured alike."""
+
+from __future__ import annotations
+
+import pathlib
+
+from .common import (FMT, MODEL_HELP, add_batch_size, add_device, add_measure, add_quiet, add_seed, check_folder,
+                     check_measure, check_writable, command_line, positive_int, positive_int_list)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", formatter_class=FMT, help="every sampler x NFE on one model: metrics, time, plots",
+                       description="For every sampler and NFE: FID, IS, KID, precision, recall (with the data floor), "
+                       "NFE, seconds per image, images/s and peak memory, as markdown, CSV and JSON; plots of FID "
+                       "against NFE and wall time; a grid of the same seeds per sampler; DDPM vs DDIM trajectories. "
+                       "Sampler specs: NAME[@SPACING][:KEY=VALUE,...] with KEY a sampler option or the denoiser's clip "
+                       "or threshold, e.g. ddim:eta=0.5, dpmpp-2m@logsnr or ddpm:clip=true.")
+    p.add_argument("--model", default="mnist", help=MODEL_HELP)
+    p.add_argument("--samplers", default="ddpm,ddim,dpmpp-2m@logsnr,unipc@logsnr", help="comma-separated sampler specs")
+    p.add_argument("--nfe", default="5,10,20,50,100,1000", help="comma-separated NFE budgets")
+    p.add_argument("--preset", default=None, help="ddim-table: eta 0, 0.2, 0.5, 1 and the large variance at 10-1000 "
+                   "steps (the DDIM paper's Table 1); replaces --samplers and --nfe")
+    p.add_argument("--num", type=positive_int, default=2000, help="samples per sampler and NFE")
+    add_seed(p)
+    add_batch_size(p, 250)
+    add_measure(p)
+    p.add_argument("--out", default="bench", help="folder for the results")
+    add_device(p)
+    add_quiet(p, "print only the final table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from .. import measure
+    from ..machine import describe_machine
+    from ..measure import bench
+    from ..models import load_model
+
+    out = pathlib.Path(args.out)
+    check_folder("--out", args.out)
+    check_writable(out, out)
+    check_measure(args)
+    preset = bench.PRESETS.get(args.preset) if args.preset else None
+    if args.preset and preset is None:
+        raise ValueError(f"unknown preset {args.preset!r}; valid: {', '.join(bench.PRESETS)}")
+    specs = preset["samplers"] if preset else bench.split_specs(args.samplers)
+    nfes = preset["nfe"] if preset else positive_int_list("--nfe", args.nfe)
+    if not specs:
+        raise ValueError(f"--samplers {args.samplers!r} lists no sampler")
+    model = load_model(args.model, device=args.device)
+    log = (lambda *a: None) if args.quiet else print
+    rows = bench.plan_rows(model, specs, nfes, log)  # every row's plan is checked before any sampling
+    ref = measure.reference_for(model, args.feature_net)
+    results = bench.run(model, ref, rows, num=args.num, seed=args.seed, cache_dir=args.cache,
+                        batch_size=args.batch_size, device=args.device, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    header = bench.header(command_line(), model, ref, args.num, args.seed, describe_machine(args.device))
+    floor = measure.floor_for(ref, args.num)
+    bench.write(out, results, floor, header)
+    bench.figures(model, results, out, args.seed)
+    print(bench.markdown(results, floor, "").strip())
+    print(f"wrote {out}/bench.md, bench.csv, bench.json, fid.png, samples.png, trajectories.png")

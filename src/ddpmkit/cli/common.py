@@ -1,0 +1,244 @@
+"""What the commands share: the parser's error style, value types, flags declared once, and the
+checks of paths that must hold before any work is spent."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shlex
+import sys
+
+import torch
+
+from ..samplers import SAMPLERS, parse_bool as parse_bool_text, sampler_options
+
+FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with our error style: one line naming the bad value, then exit status 2 (argparse
+    itself prints the whole usage block above the message)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- value types -----------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    try:
+        return parse_bool_text(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def device_arg(text: str) -> str:
+    """A torch device that this machine has: cpu, or cuda[:N] / mps where torch can reach them."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        have += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        have += ["mps", "mps:0"]
+    if dev is None or (dev.type != "cpu" and str(dev) not in have):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device this machine has; valid here: {', '.join(have)}")
+    return text
+
+
+def timestep_list(text: str) -> list[float]:
+    items = text.split(",")
+    try:
+        values = [float(v) for v in items]
+    except ValueError:
+        values = []
+    if not values or len(values) != len(items):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of timesteps")
+    return values
+
+
+def positive_int_list(option: str, text: str) -> list[int]:
+    """A comma-separated list of integers >= 1 given to ``option`` (bench --nfe, tune --steps)."""
+    try:
+        values = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} {text!r} must list integers >= 1")
+    return values
+
+
+# -- flags declared once ---------------------------------------------------------------------------
+MODEL_HELP = "a shipped model (mnist, mnist-cm), a checkpoint file, or a training run's folder"
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+
+
+def add_quiet(p: argparse.ArgumentParser, what: str = "no progress bar") -> None:
+    p.add_argument("--quiet", action="store_true", help=what)
+
+
+def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument("--seed", type=nonneg_int, default=default, help="sample i uses seed SEED + i")
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--batch-size", type=positive_int, default=default, help="samples per network call")
+
+
+def add_measure(p: argparse.ArgumentParser) -> None:
+    """Where eval, bench and tune take their feature network and keep their sample chunks."""
+    p.add_argument("--feature-net", default=None, help="shipped feature network (default: the model's dataset)")
+    p.add_argument("--cache", default=".ddpmkit-cache", help="folder for the cached sample chunks")
+
+
+def all_sampler_options() -> dict[str, dict[str, object]]:
+    """option name -> {sampler: default} over every registered sampler."""
+    out: dict[str, dict[str, object]] = {}
+    for name in SAMPLERS:
+        for opt, default in sampler_options(name).items():
+            out.setdefault(opt, {})[name] = default
+    return out
+
+
+SPACING_HELP = ("step grid: leading, trailing, linspace, karras, logsnr, or tuned (the grid `ddpmkit tune` stored in "
+                "the model for this sampler and step count); default: tuned where the model has one, else trailing")
+
+
+def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """The options that choose a model and how to sample it (sample and eval): they become a Plan."""
+    p.add_argument("--model", default="mnist", help=MODEL_HELP)
+    p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default: all T for ddpm, 1 for cm, 50 for the others)")
+    p.add_argument("--timesteps", type=timestep_list, default=None,
+                   help="an explicit descending grid instead of --steps, e.g. 999,500 (fractional allowed)")
+    p.add_argument("--nfe", type=positive_int, default=None,
+                   help="a budget of network evaluations instead of --steps: the most steps that fit it")
+    p.add_argument("--spacing", default=None, help=SPACING_HELP)
+    for opt, per_sampler in all_sampler_options().items():
+        kinds = {type(v) for v in per_sampler.values() if v is not None}
+        kind = {frozenset({bool}): parse_bool, frozenset({int}): int, frozenset({float}): float,
+                frozenset({int, float}): float}.get(frozenset(kinds), str)
+        defaults = ", ".join(f"{s}: {v!r}" for s, v in per_sampler.items())
+        p.add_argument("--" + opt.replace("_", "-"), dest=opt, type=kind, default=None,
+                       help=f"sampler option ({defaults})")
+    p.add_argument("--clip", action="store_true", help="clamp x0_hat to the data range at every step")
+    p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
+    add_seed(p)
+    add_batch_size(p, batch_size)
+    add_device(p)
+    add_quiet(p)
+
+
+def plan_from_args(args, model):
+    """The Plan that --sampler, --steps / --nfe / --timesteps, --spacing, the sampler options,
+    --clip and --threshold describe, checked against the model: every error is raised here,
+    before any sampling."""
+    options = {k: getattr(args, k) for k in all_sampler_options() if getattr(args, k) is not None}
+    valid = sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
+    for k in options:
+        if k not in valid:
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to sampler {args.sampler!r}; "
+                             f"its options: {', '.join('--' + o for o in valid) or 'none'}")
+    if sum(v is not None for v in (args.steps, args.nfe, args.timesteps)) > 1:
+        raise ValueError("give only one of --steps, --nfe and --timesteps")
+    if args.timesteps is not None and args.spacing is not None:
+        raise ValueError(f"--spacing {args.spacing} and --timesteps both place the steps; give one of them")
+    if args.clip:
+        options["clip"] = True
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    return model.plan(sampler=args.sampler, steps=args.steps, nfe=args.nfe, timesteps=args.timesteps,
+                      spacing=args.spacing, **options)
+
+
+def command_line() -> str:
+    """The command as the user typed it, for the records a run writes."""
+    return "ddpmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# -- paths, checked before any work ----------------------------------------------------------------
+def nearest_existing(path: pathlib.Path) -> pathlib.Path:
+    """``path`` itself or its nearest ancestor that exists: where a missing folder would be made."""
+    return next((q for q in (path, *path.parents) if q.exists()), pathlib.Path("."))
+
+
+def check_folder(option: str, path: str) -> None:
+    """A folder we will create or write into must not be a file, nor lie under one."""
+    if str(path) == "":
+        raise ValueError(f"{option} is empty; give a folder")
+    q = nearest_existing(pathlib.Path(path))
+    if not q.is_dir():
+        raise ValueError(f"{option} {path} cannot be a folder: {q} is a file")
+
+
+def check_writable(out: pathlib.Path, target_dir: pathlib.Path) -> None:
+    """The folder that --out writes into exists and is writable, or can be made (with any missing
+    parents, once there is something to write) in the nearest existing folder, which is writable."""
+    probe = nearest_existing(target_dir)
+    if not probe.is_dir():
+        raise ValueError(f"--out {out} cannot be written: {probe} is a file")
+    if not os.access(probe, os.W_OK):
+        raise ValueError(f"--out {out} cannot be written: {probe} is not a writable folder")
+
+
+def check_measure(args) -> None:
+    """eval, bench and tune: FID needs two samples at least, and the cache must be a folder."""
+    if args.num < 2:
+        raise ValueError(f"--num {args.num} is too few: FID needs a covariance, so give at least 2 samples")
+    check_folder("--cache", args.cache)
+
+
+OUT_MODEL_HELP = ("model file (.safetensors) to write: a copy of --model with the result added (default: rewrite "
+                  "--model's own file; a shipped model needs --out)")
+
+
+def model_out(args) -> pathlib.Path | None:
+    """tune and moments: the model file to write, None for --model's own file. A shipped model is
+    never rewritten in place (the installed file stays as its card describes): it needs --out."""
+    from ..models import is_shipped_name
+
+    if args.out is None:
+        if is_shipped_name(args.model):
+            raise ValueError(f"--model {args.model} is a shipped model, which is not rewritten; give --out FILE "
+                             f"for a copy that holds the result (e.g. --out {args.model}-mine.safetensors)")
+        return None
+    out = pathlib.Path(args.out)
+    if out.suffix.lower() != ".safetensors" or out.is_dir():
+        raise ValueError(f"--out {args.out}: give a model file name ending in .safetensors")
+    check_writable(out, out.parent)
+    return out
+
+
+def progress_bar(total: int, unit: str, desc: str, quiet: bool):
+    """A tqdm bar, or None with --quiet."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True)

@@ -1,0 +1,61 @@
+"""``ddpmkit eval``: FID, IS, KID, precision/recall of one sampler plan on a model."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from .common import (FMT, add_measure, add_sampling, check_measure, check_writable, plan_from_args, positive_int,
+                     progress_bar)
+
+
+def add_parser(sub) -> None:
+    from ..measure.inception import INCEPTION_REAL
+
+    p = sub.add_parser("eval", formatter_class=FMT, help="FID, IS, KID, precision/recall of a sampler on a model",
+                       description="Sample a model (seeds SEED .. SEED+NUM-1, cached in chunks so an interrupted run "
+                       "resumes), quantise the samples to the data's grey levels, and measure them with the shipped "
+                       "feature network against its reference set; the data floor is printed beside them.")
+    add_sampling(p, batch_size=250)
+    p.add_argument("--num", type=positive_int, default=10000, help="number of samples")
+    add_measure(p)
+    p.add_argument("--out", default="eval.json", help="JSON file for the results")
+    p.add_argument("--inception", default=None, metavar="WEIGHTS",
+                   help="also the usual Inception FID and IS, with the FID Inception weights at this path "
+                   "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a safetensors copy; nothing is downloaded)")
+    p.add_argument("--inception-data", default=None,
+                   help="folder with the model's data set, whose real images the Inception FID compares against")
+    p.add_argument("--inception-real", type=positive_int, default=None,
+                   help=f"at most this many real images (default: {INCEPTION_REAL})")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from .. import measure
+    from ..files import write_text
+    from ..measure import inception
+    from ..models import load_model
+
+    out = pathlib.Path(args.out)
+    if out.suffix.lower() != ".json" or out.is_dir():
+        raise ValueError(f"--out {out} must name a .json file")
+    check_writable(out, out.parent)  # before any sampling is spent
+    check_measure(args)
+    if args.inception is None and (args.inception_data is not None or args.inception_real is not None):
+        raise ValueError("--inception-data and --inception-real apply only with --inception WEIGHTS")
+    model = load_model(args.model, device=args.device)
+    plan = plan_from_args(args, model)
+    ref = measure.reference_for(model, args.feature_net)
+    setup = None
+    if args.inception:  # the weights and real images are checked before sampling
+        setup = inception.setup(args.inception, model, args.inception_data, args.inception_real, args.device)
+    bar = progress_bar(args.num, "img", f"{plan.sampler} {plan.steps} steps", args.quiet)
+    result = measure.evaluate(model, plan, num=args.num, seed=args.seed, ref=ref, cache_dir=args.cache,
+                              batch_size=args.batch_size, device=args.device, inception=setup,
+                              progress=(lambda n: bar.update(n)) if bar else None)
+    if bar:
+        bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(result, indent=1) + "\n")
+    print(measure.eval_table(result, ref))
+    print(f"wrote {out}")

@@ -1,0 +1,36 @@
+"""``ddpmkit moments``: estimate Analytic-DPM's eps moments once and store them in a model file."""
+
+from __future__ import annotations
+
+from .common import FMT, OUT_MODEL_HELP, add_device, model_out, nonneg_int, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("moments", formatter_class=FMT, help="store Analytic-DPM's eps moments in a model file",
+                       description="Estimate Gamma_t = E||eps_hat(x_t)||^2 / d (Bao et al. 2022) over training "
+                       "images and store it in the model file (or in a copy of it with --out), so that `sample "
+                       "--sampler ddpm --variance optimal` works. Costs --num x --timesteps network evaluations, once.")
+    p.add_argument("--model", required=True, help="a model file, a training run's folder, or a shipped model's name")
+    p.add_argument("--dataset", default="digits", help="the data the model was trained on")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: data/DATASET)")
+    p.add_argument("--num", type=positive_int, default=1000, help="training images to average over")
+    p.add_argument("--timesteps", type=positive_int, default=100,
+                   help="timesteps to estimate at (interpolated between)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per network call")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the image choice and the noise")
+    add_device(p)
+    p.add_argument("--out", default=None, help=OUT_MODEL_HELP)
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..analytic import eps_moment_of_model
+    from ..models import load_model, store_eps_moment
+
+    out = model_out(args)
+    model = load_model(args.model, device=args.device)
+    moment, info = eps_moment_of_model(model, args.dataset, args.data_dir, num=args.num, timesteps=args.timesteps,
+                                       batch_size=args.batch_size, seed=args.seed)
+    file = store_eps_moment(model.path, moment, info, out)
+    print(f"stored Analytic-DPM's eps moments ({info['images']} images x {args.timesteps} timesteps) in {file}; "
+          f"Gamma ranges {moment.min():.4f}..{moment.max():.4f}")

@@ -1,0 +1,64 @@
+"""``ddpmkit sample``: draw samples from a model with any registered sampler."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import torch
+
+from .common import FMT, add_sampling, check_writable, plan_from_args, positive_int, progress_bar
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sample", formatter_class=FMT, help="draw samples from a trained model",
+                       description="Draw samples from a trained model with any registered sampler; sample i uses "
+                       "seed SEED + i and does not depend on the batch size.")
+    add_sampling(p, batch_size=64)
+    p.add_argument("--num", type=positive_int, default=None,
+                   help="number of samples (default: 16, or as many as --init-noise holds)")
+    p.add_argument("--init-noise", default=None, help=".npy file of x_T, shape (N, C, H, W)")
+    p.add_argument("--out", required=True, help="grid.png (an image grid), samples.npz (float32 in [-1, 1] and seeds) "
+                   "or a folder (one PNG per sample, named by its seed)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..images import output_kind, write_samples
+    from ..models import load_model
+
+    out = pathlib.Path(args.out)
+    kind = output_kind(out)
+    check_writable(out, out if kind == "dir" else out.parent)
+    model = load_model(args.model, device=args.device)
+    plan = plan_from_args(args, model)
+    init = read_init_noise(args.init_noise, model.shape) if args.init_noise else None
+    num = args.num or (len(init) if init is not None else 16)
+    if init is not None and len(init) != num:
+        raise ValueError(f"--num {num} disagrees with --init-noise, which holds {len(init)} samples")
+    seeds = list(range(args.seed, args.seed + num))
+    bar = progress_bar(-(-num // args.batch_size) * plan.steps, "step", f"{plan.sampler} {plan.steps} steps",
+                       args.quiet)
+    x = model.sample(plan, seeds=seeds, init_noise=init, batch_size=args.batch_size, device=args.device,
+                     callback=(lambda *a: bar.update(1)) if bar else None)
+    if bar:
+        bar.close()
+    write_samples(x, seeds, out, kind, model.data_range)
+    print(f"wrote {num} samples to {out} ({plan.describe()})")
+
+
+def read_init_noise(path: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """--init-noise: one .npy array of finite floats, shape (N, *shape)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--init-noise {path} is not a readable .npy array: {e}") from None
+    want = f"(N, {', '.join(map(str, shape))})"
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise ValueError(f"--init-noise {path} is an .npz archive; give one .npy array of shape {want}")
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"--init-noise {path} holds {arr.dtype} {arr.shape}; expected float {want}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"--init-noise {path} holds {np.size(arr) - np.isfinite(arr).sum()} NaN or infinite values")
+    return torch.from_numpy(arr.astype(np.float32))
