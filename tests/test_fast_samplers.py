@@ -11,7 +11,7 @@ from ddpmkit import GaussianMixture, NoiseSchedule, SeededNoise, sample
 from ddpmkit.prediction import Denoiser
 from ddpmkit.samplers import SAMPLERS
 
-diffusers = pytest.importorskip("diffusers")
+from conftest import diffusers  # without diffusers, the tests that use it skip (see conftest.py)
 
 SCHED = NoiseSchedule("linear", 1000)
 MU, S = 0.3, 0.5

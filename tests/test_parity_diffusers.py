@@ -16,7 +16,7 @@ from ddpmkit.samplers.ddim import ddim_step
 from ddpmkit.samplers.ddpm import ddpm_step
 from ddpmkit.schedule import NoiseSchedule, make_grid
 
-diffusers = pytest.importorskip("diffusers")
+from conftest import diffusers  # the tests marked needs_diffusers skip without it (see conftest.py)
 
 THEIR_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SHAPE = (3, 2, 4, 4)
@@ -89,6 +89,7 @@ def ddim_stepper(eta):
     return step
 
 
+@pytest.mark.needs_diffusers
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("variance", ["small", "large"])
 @pytest.mark.parametrize("steps,spacing", [(1000, "leading"), (50, "leading"), (37, "linspace"), (20, "trailing")])
@@ -118,6 +119,7 @@ def test_ddpm_final_step_is_noise_free():
         torch.testing.assert_close(out, x0, rtol=0, atol=1e-6)  # abar = 1: the mean is x0_hat
 
 
+@pytest.mark.needs_diffusers
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("steps,spacing", [(50, "leading"), (7, "leading"), (10, "trailing"), (1000, "trailing")])
@@ -130,6 +132,7 @@ def test_ddim_step_parity(prediction, eta, steps, spacing):
     assert run_lockstep(ref, steps, spacing, ddim_stepper(eta), prediction) < TOL
 
 
+@pytest.mark.needs_diffusers
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_clipping_and_thresholding_parity(prediction):
     sched = NoiseSchedule("linear", 1000)

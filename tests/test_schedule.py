@@ -8,7 +8,7 @@ import torch
 
 from ddpmkit.schedule import NoiseSchedule, check_grid, make_grid
 
-diffusers = pytest.importorskip("diffusers")
+from conftest import diffusers  # the tests marked needs_diffusers skip without it (see conftest.py)
 
 
 def test_linear_closed_form():
@@ -56,6 +56,7 @@ def test_sigmoid_closed_form():
         ("cosine", "squaredcos_cap_v2", {}),
     ],
 )
+@pytest.mark.needs_diffusers
 def test_schedules_match_diffusers(name, theirs, kw):
     ours = NoiseSchedule(name, 1000)
     ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=theirs, **kw)
@@ -72,9 +73,16 @@ def test_zero_terminal_snr(name):
     # Lin et al. Algorithm 1 is an affine map of sqrt(abar)
     sa, sz = np.sqrt(base.alphas_cumprod), np.sqrt(z.alphas_cumprod)
     np.testing.assert_allclose(sz, (sa - sa[-1]) * sa[0] / (sa[0] - sa[-1]), atol=1e-12)
+    assert np.isneginf(z.log_snr[-1])
+
+
+@pytest.mark.needs_diffusers
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine", "sigmoid"])
+def test_zero_terminal_snr_matches_diffusers(name):
+    base = NoiseSchedule(name, 1000)
+    z = NoiseSchedule(name, 1000, zero_terminal_snr=True)
     ref = diffusers.schedulers.scheduling_ddpm.rescale_zero_terminal_snr(torch.tensor(base.betas))
     np.testing.assert_allclose(z.betas, ref.numpy(), atol=1e-12)
-    assert np.isneginf(z.log_snr[-1])
 
 
 def test_sigma_and_log_snr():
@@ -126,6 +134,7 @@ def diffusers_grid(T, n, spacing, offset=0):
     return sch.timesteps.numpy()
 
 
+@pytest.mark.needs_diffusers
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 @pytest.mark.parametrize("T", [1000, 100])
 def test_grids_match_diffusers(spacing, T):
@@ -143,8 +152,13 @@ def test_grids_match_diffusers(spacing, T):
         np.testing.assert_array_equal(make_grid(T, n, spacing), ddpm.timesteps.numpy()[:n])
 
 
-def test_leading_offset_and_trailing_start():
+@pytest.mark.needs_diffusers
+def test_leading_offset_matches_diffusers():
     np.testing.assert_array_equal(make_grid(1000, 50, "leading", offset=1), diffusers_grid(1000, 50, "leading", 1))
+
+
+def test_leading_offset_and_trailing_start():
+    assert make_grid(1000, 50, "leading", offset=1).tolist() == list(range(981, 0, -20))  # leading shifted by 1
     assert make_grid(1000, 1, "trailing").tolist() == [999]
     assert make_grid(1000, 10, "trailing").tolist() == list(range(999, 0, -100))
     assert make_grid(1000, 1000, "leading").tolist() == list(range(999, -1, -1))
