@@ -47,7 +47,8 @@ def main(argv=None) -> int:
                                  num_timesteps=50)
     result = run(gm, schedule, nfes=[int(n) for n in args.nfe.split(",")], num=args.num, eps_moment=moment,
                  reference_steps=args.reference_steps)
-    result.update(seconds=time.perf_counter() - start, machine=describe_machine(), data=name, reference_steps=args.reference_steps)
+    result.update(seconds=time.perf_counter() - start, machine=describe_machine(), data=name,
+                  reference_steps=args.reference_steps)
     command = "python benchmarks/exact.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

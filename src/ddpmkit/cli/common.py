@@ -13,7 +13,14 @@ import torch
 
 from ..samplers import SAMPLERS, parse_bool as parse_bool_text, sampler_options
 
-FMT = argparse.ArgumentDefaultsHelpFormatter
+class FMT(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, where it has one the help text does not already state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
