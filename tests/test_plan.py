@@ -132,3 +132,9 @@ def test_a_consistency_model_samples_on_its_tuned_grid():
     plan = cm.plan(sampler="cm", steps=2)
     assert plan.spacing == "tuned" and plan.grid == tuple(cm.tuned_grids("cm")[2])
     assert cm.plan(sampler="cm", steps=2, spacing="trailing").grid == (999.0, 499.0)
+
+
+def test_a_plan_spells_out_only_the_grids_no_spacing_makes_again():
+    assert make_plan(SCHED, "ddim", steps=4, spacing="karras").timesteps is None
+    assert make_plan(SCHED, "ddim", timesteps=[999, 10]).timesteps == [999.0, 10.0]
+    assert make_plan(SCHED, "cm", steps=1, tuned={1: [775.0]}).timesteps == [775.0]

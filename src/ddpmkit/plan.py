@@ -53,6 +53,12 @@ class Plan:
     def steps(self) -> int:
         return len(self.grid)
 
+    @property
+    def timesteps(self) -> list[float] | None:
+        """The grid where no spacing placed it (explicit timesteps or a tuned grid), else None: what
+        a record of the plan must spell out, since steps and spacing do not make it again."""
+        return None if self.spacing in ALL_SPACINGS else list(self.grid)
+
     def given_options(self) -> dict:
         """Sampler and denoiser options that differ from their defaults: what changes the samples."""
         defaults = samplers.sampler_options(self.sampler) | DENOISER_OPTIONS
@@ -64,15 +70,15 @@ class Plan:
         (so ``variance="small"`` and no variance share one key), and the grid — as steps and
         spacing where a spacing placed it, else as the timesteps themselves."""
         what = {"sampler": self.sampler, "steps": self.steps, "options": self.given_options()}
-        if self.spacing in ALL_SPACINGS:
+        if self.timesteps is None:
             what["spacing"] = self.spacing
         else:
-            what["timesteps"] = list(self.grid)
+            what["timesteps"] = self.timesteps
         return what
 
     def describe(self) -> str:
         """For people: "unipc, 10 steps (logsnr), 10 NFE per sample"."""
-        where = f"at timesteps {format_grid(self.grid)}" if self.spacing in (None, TUNED) else f"({self.spacing})"
+        where = f"({self.spacing})" if self.timesteps is None else f"at timesteps {format_grid(self.grid)}"
         opts = "".join(f", {k}={v}" for k, v in self.given_options().items())
         return f"{self.sampler}{opts}, {self.steps} steps {where}, {self.nfe} NFE per sample"
 

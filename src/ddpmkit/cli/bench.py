@@ -57,6 +57,6 @@ def run(args) -> None:
     header = bench.header(command_line(), model, ref, args.num, args.seed, describe_machine(args.device))
     floor = measure.floor_for(ref, args.num)
     bench.write(out, results, floor, header)
-    bench.figures(model, results, out, args.seed)
+    bench.figures(model, rows, out, args.seed)
     print(bench.markdown(results, floor, "").strip())
     print(f"wrote {out}/bench.md, bench.csv, bench.json, fid.png, samples.png, trajectories.png")

@@ -22,7 +22,7 @@ import torch
 
 from ..files import write_text
 from ..images import grid_scale, labelled_grid, save_image
-from ..plan import TUNED, Plan
+from ..plan import Plan
 from ..samplers import parse_bool, sampler_options, steps_for_nfe
 from . import report
 from .cache import generate
@@ -129,9 +129,8 @@ def run(model, ref: Reference, rows: list[Row], *, num: int, seed: int, cache_di
         else:
             peak = peak_rss_mb()
         feats, probs = features_of(levels, ref)
-        row = {"sampler": r.label, "spacing": plan.spacing, "timesteps": list(plan.grid) if plan.spacing == TUNED
-               else None, "nfe_budget": r.budget, "steps": plan.steps, "nfe": info["nfe"], "num": num,
-               "seconds_per_image": info["seconds"] / num,
+        row = {"sampler": r.label, "spacing": plan.spacing, "timesteps": plan.timesteps, "nfe_budget": r.budget,
+               "steps": plan.steps, "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
                "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
                "peak_memory_mb": peak, **score_features(feats, probs, ref)}
         results.append(row)
@@ -182,26 +181,23 @@ def write(out_dir, rows: list[dict], floor: dict, header: str) -> None:
         report.plot_fid(rows, floor, out / "fid.png")
 
 
-def figures(model, rows: list[dict], out_dir, seed: int) -> None:
+def figures(model, rows: list[Row], out_dir, seed: int) -> None:
     """samples.png (where there are rows) and trajectories.png in ``out_dir``: the figures that
-    sample the model again (``write`` draws fid.png from the rows)."""
+    sample the model again, from the planned ``rows`` (``write`` draws fid.png from the results)."""
     out = pathlib.Path(out_dir)
     if rows:
         sample_grids(model, rows, out, seed)
     trajectories(model, out, seed)
 
 
-def sample_grids(model, rows: list[dict], out: pathlib.Path, seed: int, show: int = 16) -> None:
-    """For every sampler at its largest NFE, the same ``show`` seeds side by side in one figure."""
-    last = {}
-    for r in rows:
-        last[r["sampler"]] = r
+def sample_grids(model, rows: list[Row], out: pathlib.Path, seed: int, show: int = 16) -> None:
+    """For every sampler spec at its last NFE budget, the same ``show`` seeds side by side in one
+    figure."""
+    last = {r.label: r.plan for r in rows}
     images, labels = [], []
-    for label, r in last.items():
-        _, name, options, _ = parse_sampler(label)
-        plan = model.plan(sampler=name, steps=r["steps"], spacing=r["spacing"], **options)
+    for label, plan in last.items():
         images.append(model.sample(plan, seeds=range(seed, seed + show)))
-        labels.append(f"{label} ({r['nfe']})")
+        labels.append(f"{label} ({plan.nfe})")
     save_image(labelled_grid(images, labels, scale=grid_scale(model.shape[1]), data_range=model.data_range),
                out / "samples.png")
 

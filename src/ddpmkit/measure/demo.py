@@ -59,10 +59,9 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) 
         x, info = m.sample(plan, seeds=range(num), batch_size=100, return_info=True)
         seconds = time.perf_counter() - start
         s = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False)
-        results.append({"sampler": label, "model": name, "timesteps": list(plan.grid) if plan.spacing == "tuned"
-                        else None, "nfe": info["nfe"], "seconds": seconds, "num": num, "fid": s["fid"],
-                        "fid_se": s["fid_se"], "is": s["is"], "classes": s["class_frequencies"],
-                        "shipped": shipped.get(label)})
+        results.append({"sampler": label, "model": name, "timesteps": plan.timesteps, "nfe": info["nfe"],
+                        "seconds": seconds, "num": num, "fid": s["fid"], "fid_se": s["fid_se"], "is": s["is"],
+                        "classes": s["class_frequencies"], "shipped": shipped.get(label)})
         rows.append(x[:show])
         if not quiet:
             print(f"  {label:<10} {info['nfe']:>3} NFE  {seconds:6.1f} s  "

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 
-from ..plan import DENOISER_OPTIONS, TUNED
+from ..plan import DENOISER_OPTIONS
 from . import report
 from .cache import generate
 from .reference import Reference, floor_for
 from .score import score
 
 
-def given_options(plan) -> dict:
-    """The options of an eval report: the sampler's as the plan was given them, and the denoiser's
-    (clip, threshold) where they are not at their defaults."""
+def report_options(plan) -> dict:
+    """The options of an eval report: the sampler's as the plan was given them (defaults included,
+    unlike ``Plan.given_options``), and the denoiser's (clip, threshold) where they are not at
+    their defaults."""
     denoising = {k: v for k, v in plan.denoising.items() if DENOISER_OPTIONS.get(k) != v}
     return {**plan.options, **denoising}
 
@@ -28,10 +29,9 @@ def evaluate(model, plan, *, num: int, seed: int, ref: Reference, cache_dir: str
     also holds the usual Inception FID and IS. ``progress(count)`` is called after each chunk."""
     levels, info = generate(model, plan, num=num, seed=seed, levels=ref.levels, cache_dir=cache_dir,
                             batch_size=batch_size, device=device, progress=progress)
-    placed = plan.spacing is not None and plan.spacing != TUNED
     result = {"model": str(model.path), "step": model.config.get("step"), "sampler": plan.sampler,
               "steps": plan.steps, "spacing": plan.spacing or "explicit",
-              "timesteps": None if placed else list(plan.grid), "options": given_options(plan), "nfe": info["nfe"],
+              "timesteps": plan.timesteps, "options": report_options(plan), "nfe": info["nfe"],
               "num": num, "seed": seed, "seconds_per_image": info["seconds"] / num, **score(levels, ref),
               "floor": floor_for(ref, num), "reference": ref.info["reference"], "cached_samples": info["cached"]}
     if inception is not None:
