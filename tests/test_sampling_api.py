@@ -115,7 +115,7 @@ def test_options_listed_from_signatures():
     "kw,message",
     [
         (dict(sampler="plms"), "unknown sampler 'plms'; valid: ddpm, ddim, euler, heun"),
-        (dict(sampler="ddim", variance="large"), "unknown option 'variance' for sampler 'ddim'; valid: eta, clip, threshold"),
+        (dict(sampler="ddim", variance="large"), "unknown option 'variance' for sampler 'ddim'; valid: eta, clip, clip_range, threshold"),
         (dict(sampler="ddpm", eta=0.5), "unknown option 'eta' for sampler 'ddpm'; valid: variance, clip"),
         (dict(sampler="ddim", eta=1.5), r"eta=1.5 is outside \[0, 1\]"),
         (dict(sampler="ddim", eta=-0.1), r"eta=-0.1 is outside \[0, 1\]"),

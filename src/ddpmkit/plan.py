@@ -23,7 +23,7 @@ from .prediction import Denoiser
 from .schedule import ALL_SPACINGS, NoiseSchedule, check_grid, format_grid
 
 # the Denoiser's options (they change the samples, so they are part of a plan) and their defaults
-DENOISER_OPTIONS = {"clip": False, "threshold": None, "threshold_max": None}
+DENOISER_OPTIONS = {"clip": False, "clip_range": None, "threshold": None, "threshold_max": None}
 TUNED = "tuned"
 
 
@@ -39,7 +39,9 @@ class Plan:
     **model_options)`` with a Denoiser built with ``denoising``, costing ``nfe`` network
     evaluations per sample. ``spacing`` says how the grid was placed: a spacing name, ``"tuned"``
     (a model's tuned grid), or None (explicit timesteps). ``model_options`` are what the model
-    supplies to the sampler (Analytic-DPM's ``eps_moment``), not the user."""
+    supplies to the sampler (Analytic-DPM's ``eps_moment``), not the user. ``offset`` shifts a
+    leading grid (diffusers' ``steps_offset``); ``classes``, for a class-conditional model, are the
+    labels to sample: the sample with seed s gets ``classes[s % len(classes)]``."""
 
     sampler: str
     grid: tuple[float, ...]
@@ -48,6 +50,8 @@ class Plan:
     nfe: int
     spacing: str | None
     model_options: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    offset: int = 0
+    classes: tuple[int, ...] | None = None
 
     @property
     def steps(self) -> int:
@@ -72,27 +76,41 @@ class Plan:
         what = {"sampler": self.sampler, "steps": self.steps, "options": self.given_options()}
         if self.timesteps is None:
             what["spacing"] = self.spacing
+            if self.offset:
+                what["offset"] = self.offset
         else:
             what["timesteps"] = self.timesteps
+        if self.classes is not None:
+            what["classes"] = list(self.classes)
         return what
+
+    def labels(self, seeds) -> list[int] | None:
+        """The class label of each seed's sample (None for an unconditional plan)."""
+        return None if self.classes is None else [self.classes[s % len(self.classes)] for s in seeds]
 
     def describe(self) -> str:
         """For people: "unipc, 10 steps (logsnr), 10 NFE per sample"."""
-        where = f"({self.spacing})" if self.timesteps is None else f"at timesteps {format_grid(self.grid)}"
+        shift = f" + {self.offset}" if self.offset else ""
+        where = f"({self.spacing}{shift})" if self.timesteps is None else f"at timesteps {format_grid(self.grid)}"
         opts = "".join(f", {k}={v}" for k, v in self.given_options().items())
-        return f"{self.sampler}{opts}, {self.steps} steps {where}, {self.nfe} NFE per sample"
+        cls = "" if self.classes is None else (f", class {self.classes[0]}" if len(self.classes) == 1 else
+                                               f", classes {format_grid(self.classes)} by seed")
+        return f"{self.sampler}{opts}{cls}, {self.steps} steps {where}, {self.nfe} NFE per sample"
 
 
 def make_plan(schedule: NoiseSchedule, sampler: str = "ddim", *, steps: int | None = None, nfe: int | None = None,
               timesteps: Iterable[float] | None = None, spacing: str | None = None, prediction: str = "eps",
               tuned: Mapping[int, Sequence[float]] | None = None, model_options: Mapping[str, object] | None = None,
-              model_name: str = "the model", **options) -> Plan:
+              model_name: str = "the model", default_spacing: str = "trailing", offset: int = 0,
+              classes: Sequence[int] | None = None, **options) -> Plan:
     """Build and check a plan for ``sampler`` on ``schedule``.
 
     ``options`` are the sampler's options and the Denoiser's (``clip``, ``threshold``,
     ``threshold_max``); options the model supplies (``eps_moment``) may be given here too, or in
     ``model_options``. ``tuned`` maps step counts to a model's tuned grids for this sampler
-    (``model_name`` names the model in errors).
+    (``model_name`` names the model in errors); ``default_spacing`` places the grid where no
+    spacing is given and no tuned grid fits; ``offset`` shifts a leading grid (diffusers'
+    ``steps_offset``); ``classes`` are a conditional model's labels (``Plan.labels``).
     ``prediction`` is checked against the grid (eps cannot start at zero terminal SNR).
     Every error is a ValueError that names the bad value and what would be valid.
     """
@@ -108,17 +126,23 @@ def make_plan(schedule: NoiseSchedule, sampler: str = "ddim", *, steps: int | No
     supplied = {k: v for k, v in supplied.items() if k in from_model and v is not None}
 
     grid, spacing = _place_grid(schedule, sampler, sampler_opts, steps, nfe, timesteps, spacing, tuned or {},
-                                 model_name)
+                                 model_name, default_spacing, offset)
+    if spacing != "leading":
+        offset = 0  # a model's steps_offset applies to leading grids only, as in diffusers
+    if classes is not None:
+        classes = tuple(classes)
+        if not classes or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes):
+            raise ValueError(f"classes={list(classes)!r} is not valid; need one or more integers >= 0")
     samplers.check(sampler, schedule, grid, **sampler_opts, **supplied)
     denoiser = Denoiser(None, schedule, prediction, **denoising)  # checks clip / threshold, runs nothing
     if denoiser.prediction == "eps" and schedule.abar_at(grid[0]) == 0.0:
         raise ValueError("prediction 'eps' cannot start at abar = 0 (zero terminal SNR); use 'v' or 'x0'")
     cost = samplers.nfe_for(sampler, len(grid), **sampler_opts)
-    return Plan(sampler, tuple(grid), sampler_opts, denoising, cost, spacing, supplied)
+    return Plan(sampler, tuple(grid), sampler_opts, denoising, cost, spacing, supplied, int(offset), classes)
 
 
-def _place_grid(schedule, sampler, options, steps, nfe, timesteps, spacing, tuned,
-                model_name) -> tuple[list[float], str | None]:
+def _place_grid(schedule, sampler, options, steps, nfe, timesteps, spacing, tuned, model_name,
+                default_spacing="trailing", offset=0) -> tuple[list[float], str | None]:
     """(grid, how it was placed) from exactly one of steps / nfe / timesteps, or the default steps."""
     if sum(v is not None for v in (steps, nfe, timesteps)) > 1:
         raise ValueError("give only one of steps, nfe and timesteps")
@@ -133,10 +157,12 @@ def _place_grid(schedule, sampler, options, steps, nfe, timesteps, spacing, tune
     elif steps is None:
         steps = default_steps(sampler, schedule.T)
     grid = tuned.get(steps)
+    if offset and spacing not in (None, "leading"):
+        raise ValueError(f"offset={offset} applies only to the 'leading' spacing, not {spacing!r}")
     if spacing is None:
-        spacing = TUNED if grid is not None else "trailing"
+        spacing = TUNED if grid is not None else default_spacing
     if spacing != TUNED:
-        return [float(t) for t in schedule.grid(steps, spacing)], spacing
+        return [float(t) for t in schedule.grid(steps, spacing, offset=offset if spacing == "leading" else 0)], spacing
     if grid is None:
         have = ", ".join(str(k) for k in sorted(tuned)) or "none"
         raise ValueError(f"spacing 'tuned': {model_name} has no tuned grid for {sampler} with {steps} steps (it has "

@@ -50,9 +50,11 @@ class Denoiser:
     ``t`` is a scalar timestep (integer or fractional); the model receives a 1-D tensor of the
     batch size, int64 when t is a whole number (as diffusers passes it) and float64 otherwise (exact;
     a network casts it to its own precision).
-    ``clip=True`` clamps x0_hat to ``data_range``; ``threshold=p`` applies dynamic thresholding with
+    ``clip=True`` clamps x0_hat to ``data_range`` (or, with ``clip_range=r``, to r either side of
+    its centre: diffusers' ``clip_sample_range``); ``threshold=p`` applies dynamic thresholding with
     quantile p instead. After either, eps_hat is recomputed from the adjusted x0_hat so the pair
     stays consistent with x_t (as improved/guided-diffusion's DDIM does). ``nfe`` counts model calls.
+    ``labels`` (set per batch), for a class-conditional network: ``model(x_t, t, labels)``.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Denoiser:
         prediction: str = "eps",
         *,
         clip: bool = False,
+        clip_range: float | None = None,
         threshold: float | None = None,
         threshold_max: float | None = None,
         data_range: tuple[float, float] = (-1.0, 1.0),
@@ -72,10 +75,19 @@ class Denoiser:
             raise ValueError("give clip or threshold, not both (thresholding already clips)")
         if threshold is not None and not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold={threshold} is not a quantile; need a value in (0, 1]")
+        if clip_range is not None and not (clip and clip_range > 0):
+            raise ValueError(f"clip_range={clip_range} needs clip=True and a value > 0")
         if threshold_max is not None and threshold_max < 1.0:
             raise ValueError(f"threshold_max={threshold_max} must be >= 1")
         self.clip, self.threshold, self.threshold_max = bool(clip), threshold, threshold_max
         self.data_range = (float(data_range[0]), float(data_range[1]))
+        if clip_range is not None:
+            centre = sum(self.data_range) / 2
+            self.clip_to = (centre - float(clip_range), centre + float(clip_range))
+        else:
+            self.clip_to = self.data_range
+        self.clip_range = clip_range
+        self.labels: torch.Tensor | None = None
         self.nfe = 0
 
     def timestep_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +97,8 @@ class Denoiser:
 
     def __call__(self, x_t: torch.Tensor, t: float):
         abar = self.schedule.abar_at(t)
-        output = self.model(x_t, self.timestep_tensor(t, x_t))
+        tt = self.timestep_tensor(t, x_t)
+        output = self.model(x_t, tt) if self.labels is None else self.model(x_t, tt, self.labels)
         self.nfe += 1
         if output.shape != x_t.shape:
             raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x_t.shape)}")
@@ -94,6 +107,6 @@ class Denoiser:
             if self.threshold is not None:
                 x0 = dynamic_threshold(x0, self.threshold, self.threshold_max, self.data_range)
             else:
-                x0 = x0.clamp(*self.data_range)
+                x0 = x0.clamp(*self.clip_to)
             eps = eps_from_x0(x_t, x0, abar)
         return eps, x0

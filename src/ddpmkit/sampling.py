@@ -41,6 +41,7 @@ def sample(
     """Draw samples from a diffusion model.
 
     model: ``model(x_t, t)`` returns the network output for a batch; t is a 1-D tensor of timesteps.
+        For a plan with class labels (``plan.classes``) it is called ``model(x_t, t, labels)``.
     plan: a ``Plan`` (``ddpmkit.make_plan``); or, instead, its options as keywords: ``sampler``
         (a name of ``ddpmkit.samplers.SAMPLERS``, default ddim), ``steps`` / ``nfe`` / ``timesteps``,
         ``spacing``, the sampler's options (``eta``, ``variance``, ...) and the denoiser's (``clip``,
@@ -85,6 +86,8 @@ def sample(
             if init_noise is not None:
                 x = init_noise[lo : lo + chunk].to(device=device, dtype=dtype)
             start = denoiser.nfe
+            labels = plan.labels(seeds[lo : lo + chunk])
+            denoiser.labels = None if labels is None else torch.tensor(labels, dtype=torch.int64, device=device)
             out.append(fn(denoiser, x, plan.grid, noise=noise, callback=callback, **plan.options,
                           **plan.model_options))
             calls.append(denoiser.nfe - start)

@@ -16,6 +16,7 @@ import numpy as np
 from . import vp
 
 SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
+BETAS = "betas"  # the name of a schedule given by its beta table (NoiseSchedule.from_betas)
 SPACINGS = ("leading", "trailing", "linspace")  # integer grids, diffusers' semantics
 CONTINUOUS_SPACINGS = ("karras", "logsnr")  # fractional timesteps placed by noise level
 ALL_SPACINGS = SPACINGS + CONTINUOUS_SPACINGS
@@ -131,16 +132,47 @@ class NoiseSchedule:
             return betas_from_alpha_bar(lambda u: cosine_alpha_bar(u, p["s"]), T)
         return betas_from_alpha_bar(lambda u: sigmoid_alpha_bar(u, p["start"], p["end"], p["tau"]), T)
 
+    @classmethod
+    def from_betas(cls, betas: Sequence[float], *, label: str = "given betas") -> NoiseSchedule:
+        """A schedule given by its beta table (diffusers' ``trained_betas``, or a beta schedule that
+        has no name here, such as diffusers' GeoDiff ``sigmoid``); ``label`` says where it came from.
+        abar_{T-1} = 0 (beta = 1 at the end) is allowed: that is zero terminal SNR."""
+        b = np.array(betas, dtype=np.float64).ravel()
+        if b.size < 2:
+            raise ValueError(f"a beta table needs at least 2 entries; got {b.size}")
+        if not (np.all(np.isfinite(b)) and np.all(b > 0) and np.all(b <= 1)):
+            raise ValueError(f"betas ({label}) must lie in (0, 1]; got {b.min():g}..{b.max():g}")
+        if np.any(b[:-1] >= 1):
+            raise ValueError(f"betas ({label}) reach 1 before the last timestep (abar = 0 inside the schedule)")
+        self = cls.__new__(cls)
+        self.name, self.T, self.zero_terminal_snr = BETAS, int(b.size), bool(b[-1] == 1)
+        self.params = {"label": str(label)}
+        self.betas = b
+        self.alphas = 1.0 - b
+        self.alphas_cumprod = np.cumprod(self.alphas)
+        for table in (self.betas, self.alphas, self.alphas_cumprod):
+            table.flags.writeable = False
+        return self
+
     # -- configuration -------------------------------------------------------------------------
     def to_config(self) -> dict:
+        if self.name == BETAS:
+            return {"name": BETAS, "T": self.T, "label": self.params["label"], "betas": self.betas.tolist()}
         return {"name": self.name, "T": self.T, "zero_terminal_snr": self.zero_terminal_snr, **self.params}
 
     @classmethod
     def from_config(cls, config: dict) -> NoiseSchedule:
         config = dict(config)
+        if config.get("name") == BETAS:
+            betas = config["betas"]
+            if len(betas) != config.get("T", len(betas)):
+                raise ValueError(f"the schedule's T={config['T']} disagrees with its {len(betas)} betas")
+            return cls.from_betas(betas, label=config.get("label", "given betas"))
         return cls(config.pop("name"), config.pop("T"), zero_terminal_snr=config.pop("zero_terminal_snr", False), **config)
 
     def __repr__(self) -> str:
+        if self.name == BETAS:
+            return f"NoiseSchedule.from_betas(T={self.T}, label={self.params['label']!r})"
         extra = ", zero_terminal_snr=True" if self.zero_terminal_snr else ""
         return f"NoiseSchedule({self.name!r}, T={self.T}{extra})"
 
@@ -206,15 +238,16 @@ class NoiseSchedule:
         s = self.sigmas
         return float(s[np.isfinite(s)].max())
 
-    def grid(self, steps: int, spacing: str = "trailing", *, rho: float = 7.0) -> np.ndarray:
-        """A descending step grid of ``steps`` timesteps. Integer spacings as ``make_grid``;
+    def grid(self, steps: int, spacing: str = "trailing", *, rho: float = 7.0, offset: int = 0) -> np.ndarray:
+        """A descending step grid of ``steps`` timesteps. Integer spacings as ``make_grid`` (with its
+        ``offset``, for leading grids);
         ``karras``: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras
         et al. 2022, eq. 5) between the schedule's sigma at t = T-1 and t = 0; ``logsnr``: uniform
         in logSNR over the same range (the DPM-Solver choice). Both start at t = T-1, end at t = 0,
         and are fractional in between, so they may have more than T steps; after the last point
         the sample goes to clean data."""
         if spacing in SPACINGS:
-            return make_grid(self.T, steps, spacing)
+            return make_grid(self.T, steps, spacing, offset)
         if spacing not in CONTINUOUS_SPACINGS:
             raise _choice_error("spacing", spacing, ALL_SPACINGS)
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
-from .common import (FMT, MODEL_HELP, add_batch_size, add_device, add_measure, add_quiet, add_seed, check_folder,
-                     check_measure, check_writable, command_line, positive_int, positive_int_list)
+from .common import (FMT, add_batch_size, add_device, add_measure, add_model, add_quiet, add_seed, check_folder,
+                     check_measure, check_writable, command_line, load_model_from_args, positive_int, positive_int_list)
 
 
 def add_parser(sub) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
                        "against NFE and wall time; a grid of the same seeds per sampler; DDPM vs DDIM trajectories. "
                        "Sampler specs: NAME[@SPACING][:KEY=VALUE,...] with KEY a sampler option or the denoiser's clip "
                        "or threshold, e.g. ddim:eta=0.5, dpmpp-2m@logsnr or ddpm:clip=true.")
-    p.add_argument("--model", default="mnist", help=MODEL_HELP)
+    add_model(p)
     p.add_argument("--samplers", default="ddpm,ddim,dpmpp-2m@logsnr,unipc@logsnr", help="comma-separated sampler specs")
     p.add_argument("--nfe", default="5,10,20,50,100,1000", help="comma-separated NFE budgets")
     p.add_argument("--preset", default=None, help="ddim-table: eta 0, 0.2, 0.5, 1 and the large variance at 10-1000 "
@@ -34,7 +34,6 @@ def run(args) -> None:
     from .. import measure
     from ..machine import describe_machine
     from ..measure import bench
-    from ..models import load_model
 
     out = pathlib.Path(args.out)
     check_folder("--out", args.out)
@@ -47,7 +46,7 @@ def run(args) -> None:
     nfes = preset["nfe"] if preset else positive_int_list("--nfe", args.nfe)
     if not specs:
         raise ValueError(f"--samplers {args.samplers!r} lists no sampler")
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     log = (lambda *a: None) if args.quiet else print
     rows = bench.plan_rows(model, specs, nfes, log)  # every row's plan is checked before any sampling
     ref = measure.reference_for(model, args.feature_net)

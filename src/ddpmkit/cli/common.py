@@ -86,6 +86,45 @@ def timestep_list(text: str) -> list[float]:
     return values
 
 
+def class_list(text: str) -> list[int]:
+    """--class: one class label, or a comma-separated list of them (integers >= 0)."""
+    items = text.split(",")
+    try:
+        values = [int(v) for v in items]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a class label or a comma-separated list of labels >= 0")
+    return values
+
+
+def scheduler_config_arg(text: str) -> dict:
+    """--scheduler-config: a scheduler_config.json file, or diffusers' keys as key=value pairs
+    (``beta_schedule=linear,prediction_type=epsilon``; values read as JSON where they parse)."""
+    import json
+
+    path = pathlib.Path(text)
+    if path.suffix.lower() == ".json" or path.is_file():
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a readable JSON file: {e}") from None
+        if not isinstance(config, dict):
+            raise argparse.ArgumentTypeError(f"{text!r} holds a JSON {type(config).__name__}, not an object")
+        return config
+    config = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not key=value; give a scheduler_config.json or pairs "
+                                             "such as beta_schedule=linear,prediction_type=epsilon")
+        try:
+            config[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key.strip()] = value
+    return config
+
+
 def positive_int_list(option: str, text: str) -> list[int]:
     """A comma-separated list of integers >= 1 given to ``option`` (bench --nfe, tune --steps)."""
     try:
@@ -98,7 +137,23 @@ def positive_int_list(option: str, text: str) -> list[int]:
 
 
 # -- flags declared once ---------------------------------------------------------------------------
-MODEL_HELP = "a shipped model (mnist, mnist-cm), a checkpoint file, or a training run's folder"
+MODEL_HELP = ("a shipped model (mnist, mnist-cm), a checkpoint file, a training run's folder, or a diffusers "
+              "folder (a DDPMPipeline's, or a UNet2DModel's with its scheduler_config.json)")
+
+
+def add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """--model, and --scheduler-config for a diffusers folder that lacks its own."""
+    p.add_argument("--model", required=required, default=None if required else "mnist", help=MODEL_HELP)
+    p.add_argument("--scheduler-config", type=scheduler_config_arg, default=None, metavar="JSON_OR_PAIRS",
+                   help="for a diffusers folder: a scheduler_config.json, or key=value pairs of diffusers' "
+                   "scheduler keys, used instead of the folder's (needed where it has none)")
+
+
+def load_model_from_args(args):
+    """The model --model names, on --device, with --scheduler-config where given."""
+    from ..models import load_model
+
+    return load_model(args.model, device=args.device, scheduler_config=args.scheduler_config)
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -138,7 +193,7 @@ SPACING_HELP = ("step grid: leading, trailing, linspace, karras, logsnr, or tune
 
 def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
     """The options that choose a model and how to sample it (sample and eval): they become a Plan."""
-    p.add_argument("--model", default="mnist", help=MODEL_HELP)
+    add_model(p)
     p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampling steps (default: all T for ddpm, 1 for cm, 50 for the others)")
@@ -154,8 +209,13 @@ def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
         defaults = ", ".join(f"{s}: {v!r}" for s, v in per_sampler.items())
         p.add_argument("--" + opt.replace("_", "-"), dest=opt, type=kind, default=None,
                        help=f"sampler option ({defaults})")
-    p.add_argument("--clip", action="store_true", help="clamp x0_hat to the data range at every step")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="clamp x0_hat to the data range at every step (default: as the model's scheduler config "
+                   "says, else off)")
     p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
+    p.add_argument("--class", dest="classes", type=class_list, default=None, metavar="LABELS",
+                   help="a class-conditional model's class label, or labels taken in turn by seed (seed s gets "
+                   "LABELS[s %% len]); default: every class in turn")
     add_seed(p)
     add_batch_size(p, batch_size)
     add_device(p)
@@ -176,12 +236,8 @@ def plan_from_args(args, model):
         raise ValueError("give only one of --steps, --nfe and --timesteps")
     if args.timesteps is not None and args.spacing is not None:
         raise ValueError(f"--spacing {args.spacing} and --timesteps both place the steps; give one of them")
-    if args.clip:
-        options["clip"] = True
-    if args.threshold is not None:
-        options["threshold"] = args.threshold
     return model.plan(sampler=args.sampler, steps=args.steps, nfe=args.nfe, timesteps=args.timesteps,
-                      spacing=args.spacing, **options)
+                      spacing=args.spacing, clip=args.clip, threshold=args.threshold, classes=args.classes, **options)
 
 
 def command_line() -> str:
@@ -222,14 +278,21 @@ def check_measure(args) -> None:
 
 
 OUT_MODEL_HELP = ("model file (.safetensors) to write: a copy of --model with the result added (default: rewrite "
-                  "--model's own file; a shipped model needs --out)")
+                  "--model's own file; a shipped model needs --out; for a diffusers folder the result goes to its "
+                  "ddpmkit.safetensors)")
 
 
 def model_out(args) -> pathlib.Path | None:
     """tune and moments: the model file to write, None for --model's own file. A shipped model is
     never rewritten in place (the installed file stays as its card describes): it needs --out."""
-    from ..models import is_shipped_name
+    from ..models import SIDECAR, is_diffusers_model, is_shipped_name
 
+    if is_diffusers_model(args.model):
+        if args.out is not None:
+            raise ValueError(f"--out {args.out}: --model {args.model} is a diffusers folder, whose files are not "
+                             f"rewritten; the result goes to {pathlib.Path(args.model) / SIDECAR} beside them "
+                             "(drop --out)")
+        return None
     if args.out is None:
         if is_shipped_name(args.model):
             raise ValueError(f"--model {args.model} is a shipped model, which is not rewritten; give --out FILE "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 
-from .common import (FMT, add_measure, add_sampling, check_measure, check_writable, plan_from_args, positive_int,
-                     progress_bar)
+from .common import (FMT, add_measure, add_sampling, check_measure, check_writable, load_model_from_args,
+                     plan_from_args, positive_int, progress_bar)
 
 
 def add_parser(sub) -> None:
@@ -34,7 +34,6 @@ def run(args) -> None:
     from .. import measure
     from ..files import write_text
     from ..measure import inception
-    from ..models import load_model
 
     out = pathlib.Path(args.out)
     if out.suffix.lower() != ".json" or out.is_dir():
@@ -43,7 +42,7 @@ def run(args) -> None:
     check_measure(args)
     if args.inception is None and (args.inception_data is not None or args.inception_real is not None):
         raise ValueError("--inception-data and --inception-real apply only with --inception WEIGHTS")
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     plan = plan_from_args(args, model)
     ref = measure.reference_for(model, args.feature_net)
     setup = None

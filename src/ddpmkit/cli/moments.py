@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import FMT, OUT_MODEL_HELP, add_device, model_out, nonneg_int, positive_int
+from .common import (FMT, OUT_MODEL_HELP, add_device, add_model, load_model_from_args, model_out, nonneg_int,
+                     positive_int)
 
 
 def add_parser(sub) -> None:
@@ -10,7 +11,7 @@ def add_parser(sub) -> None:
                        description="Estimate Gamma_t = E||eps_hat(x_t)||^2 / d (Bao et al. 2022) over training "
                        "images and store it in the model file (or in a copy of it with --out), so that `sample "
                        "--sampler ddpm --variance optimal` works. Costs --num x --timesteps network evaluations, once.")
-    p.add_argument("--model", required=True, help="a model file, a training run's folder, or a shipped model's name")
+    add_model(p, required=True)
     p.add_argument("--dataset", default="digits", help="the data the model was trained on")
     p.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: data/DATASET)")
     p.add_argument("--num", type=positive_int, default=1000, help="training images to average over")
@@ -25,10 +26,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     from ..analytic import eps_moment_of_model
-    from ..models import load_model, store_eps_moment
+    from ..models import store_eps_moment
 
     out = model_out(args)
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     moment, info = eps_moment_of_model(model, args.dataset, args.data_dir, num=args.num, timesteps=args.timesteps,
                                        batch_size=args.batch_size, seed=args.seed)
     file = store_eps_moment(model.path, moment, info, out)

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import torch
 
-from .common import FMT, add_sampling, check_writable, plan_from_args, positive_int, progress_bar
+from .common import (FMT, add_sampling, check_writable, load_model_from_args, plan_from_args, positive_int, progress_bar)
 
 
 def add_parser(sub) -> None:
@@ -25,12 +25,11 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     from ..images import output_kind, write_samples
-    from ..models import load_model
 
     out = pathlib.Path(args.out)
     kind = output_kind(out)
     check_writable(out, out if kind == "dir" else out.parent)
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     plan = plan_from_args(args, model)
     init = read_init_noise(args.init_noise, model.shape) if args.init_noise else None
     num = args.num or (len(init) if init is not None else 16)

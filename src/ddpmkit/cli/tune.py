@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .common import (FMT, OUT_MODEL_HELP, add_batch_size, add_device, add_measure, add_quiet, add_seed, check_measure,
-                     model_out, positive_int, positive_int_list, timestep_list)
+from .common import (FMT, OUT_MODEL_HELP, add_batch_size, add_device, add_measure, add_model, add_quiet, add_seed,
+                     check_measure, load_model_from_args, model_out, positive_int, positive_int_list, timestep_list)
 
 
 def add_parser(sub) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                        "disjoint from eval's default ones, with the sampler's default options. The grids found are "
                        "stored in the model file (rewritten atomically), or in a copy of it with --out; sample, eval, "
                        "bench and demo then use them for that sampler and step count.")
-    p.add_argument("--model", required=True, help="a model file, a training run's folder, or a shipped model's name")
+    add_model(p, required=True)
     p.add_argument("--sampler", default="cm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", default="1,2", help="comma-separated step counts to tune")
     p.add_argument("--candidates", type=timestep_list, default=None,
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     from .. import measure
-    from ..models import load_model, store_tuned_grids
+    from ..models import store_tuned_grids
     from ..samplers import sampler_options
     from ..tune import tune
 
@@ -41,7 +41,7 @@ def run(args) -> None:
     check_measure(args)
     out = model_out(args)
     steps_list = sorted(set(positive_int_list("--steps", args.steps)))
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     ref = measure.reference_for(model, args.feature_net)
     found = tune(model, args.sampler, steps_list, candidates=args.candidates, num=args.num, seed=args.seed, ref=ref,
                  cache_dir=args.cache, batch_size=args.batch_size, device=args.device,

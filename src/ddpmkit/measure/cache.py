@@ -16,19 +16,19 @@ import time
 
 import numpy as np
 
-from ..files import atomic_path, file_digest
+from ..files import atomic_path
 from ..images import to_levels
 
 CHUNK = 500  # seeds per cached file
 
 
 def cache_key(model, plan, levels: int) -> str:
-    """16 hex digits of the SHA-256 of what decides the samples: the model file's bytes (their
-    SHA-256, so that a copy of the file on another machine or path finds the same chunks, and a
-    rewritten file never reads stale ones), the plan's ``key()`` (sampler, steps, the spacing or
+    """16 hex digits of the SHA-256 of what decides the samples: the model's ``fingerprint()`` (its
+    file's SHA-256, or its files' for a diffusers folder, so that a copy on another machine or path
+    finds the same chunks, and a rewritten file never reads stale ones), the plan's ``key()`` (sampler, steps, the spacing or
     the timesteps themselves for an explicit or tuned grid, options at other than their defaults)
     and the number of grey levels."""
-    what = {"model_sha256": file_digest(model.path), **plan.key(), "levels": levels}
+    what = {"model_sha256": model.fingerprint(), **plan.key(), "levels": levels}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -54,8 +54,10 @@ def reference_for(model, name: str | None = None) -> Reference:
     dataset = model.config["data"].get("dataset")
     name = name or FEATURE_NET_FOR.get(dataset)
     if name is None:
-        raise ValueError(f"no shipped feature network for dataset {dataset!r}; give --feature-net "
-                         f"({', '.join(FEATURE_NET_FOR.values())})")
+        what = f"dataset {dataset!r}" if dataset else "an unknown data set"
+        raise ValueError(f"{model.path.name} makes {'x'.join(map(str, model.shape))} images of {what}, for which "
+                         f"ddpmkit ships no feature network; the shipped ones ({', '.join(FEATURE_NET_FOR.values())}) "
+                         "take 1x28x28 and 1x8x8 digits: give --feature-net NAME for a model of such images")
     ref = load_reference(name)
     cfg = ref.net.config()
     if (cfg["in_channels"], cfg["image_size"], cfg["image_size"]) != tuple(model.shape):

@@ -12,6 +12,7 @@ import torch
 from ..checkpoint import CheckpointError, load_into, load_tensors, read_config
 from ..prediction import check_prediction
 from ..schedule import NoiseSchedule
+from .diffusers_folder import SIDECAR, is_diffusers_folder, load_diffusers, sidecar_base
 from .loaded import TUNED_KEY, LoadedModel
 
 CANDIDATES = ("model.safetensors", "checkpoint.safetensors")
@@ -27,6 +28,12 @@ def is_shipped_name(path: str | os.PathLike) -> bool:
     return str(path) in SHIPPED and not pathlib.Path(path).exists()
 
 
+def is_diffusers_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder in diffusers' format (and neither a shipped name nor a run folder)."""
+    return (not is_shipped_name(path) and is_diffusers_folder(path)
+            and not any((pathlib.Path(path) / name).is_file() for name in CANDIDATES))
+
+
 def resolve(path: str | os.PathLike) -> pathlib.Path:
     """A shipped model's name (``SHIPPED``), a checkpoint file, or a training run's folder (its
     model.safetensors, else checkpoint.safetensors). A path that exists wins over a name."""
@@ -40,7 +47,8 @@ def resolve(path: str | os.PathLike) -> pathlib.Path:
         for name in CANDIDATES:
             if (p / name).is_file():
                 return p / name
-        raise CheckpointError(f"{p} holds no checkpoint (looked for {', '.join(CANDIDATES)})")
+        raise CheckpointError(f"{p} holds no checkpoint (looked for {', '.join(CANDIDATES)}, or diffusers' "
+                              "model_index.json or config.json)")
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist (shipped models: {', '.join(SHIPPED)})")
     return p
@@ -56,6 +64,9 @@ def build_net(net_config: dict, schedule: NoiseSchedule | None = None) -> torch.
     try:
         if arch == "unet":
             return build_unet(config)
+        if arch == "diffusers":
+            raise CheckpointError("this file is what ddpmkit stored beside a diffusers model; load the folder that "
+                                  "holds it")
         if arch == "consistency" and schedule is not None:
             from ..consistency import ConsistencyFunction
 
@@ -66,10 +77,19 @@ def build_net(net_config: dict, schedule: NoiseSchedule | None = None) -> torch.
     raise CheckpointError(f"unknown network architecture {arch!r}; this ddpmkit knows: unet, consistency")
 
 
-def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -> LoadedModel:
-    """Build the network a checkpoint describes and load its ``ema`` (default) or raw ``model`` weights."""
+def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu",
+               scheduler_config: dict | None = None) -> LoadedModel:
+    """The model at ``path``: a shipped model's name, a ddpmkit checkpoint or run folder (its ``ema``
+    weights, the default, or the raw ``model`` weights), or a folder in diffusers' format
+    (``models.diffusers_folder``; ``scheduler_config``, a dict of diffusers' keys, gives or
+    replaces its schedule)."""
     if weights not in ("ema", "model"):
         raise ValueError(f"weights={weights!r} is not valid; choose ema or model")
+    if is_diffusers_model(path):
+        return load_diffusers(path, scheduler_config=scheduler_config, device=device)
+    if scheduler_config is not None:
+        raise ValueError(f"a scheduler config applies to diffusers folders; {path} is a ddpmkit model, whose "
+                         "checkpoint holds its schedule")
     file = resolve(path)
     tensors, config = load_tensors(file, f"{weights}.")
     try:
@@ -91,14 +111,28 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu") -
                        file, extras)
 
 
+def _own_file(path: str | os.PathLike) -> pathlib.Path:
+    """The file that holds what ddpmkit measured for a model: its checkpoint, or for a diffusers
+    folder ddpmkit's file beside diffusers' own (which are never rewritten)."""
+    return pathlib.Path(path) / SIDECAR if is_diffusers_model(path) else resolve(path)
+
+
 def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict,
              out: str | os.PathLike | None = None) -> pathlib.Path:
-    """Rewrite a model file (atomically) with extra tensors and config entries; with ``out``, write
-    that file instead and leave the model's own file as it was."""
+    """Rewrite a model's own file (atomically) with extra tensors and config entries; with ``out``,
+    write that file instead and leave the model's own file as it was. For a diffusers folder the
+    file is its ``ddpmkit.safetensors``, made if it is not there yet."""
     from ..checkpoint import save_checkpoint
 
-    file = resolve(path)
-    stored, config = load_tensors(file)
+    file = _own_file(path)
+    if is_diffusers_model(path):
+        if out is not None:
+            raise ValueError(f"{path} is a diffusers folder: what ddpmkit adds goes to {file}, beside its files, "
+                             "not to a copy (drop --out)")
+        config = read_config(file) if file.is_file() else sidecar_base()
+        stored = load_tensors(file)[0] if file.is_file() and "analytic" in config else {}
+    else:
+        stored, config = load_tensors(file)
     config = {k: v for k, v in config.items() if k not in ("format", "version")}
     config.update(update)
     target = file if out is None else pathlib.Path(out)
@@ -121,6 +155,7 @@ def store_tuned_grids(path: str | os.PathLike, sampler: str, found: dict[int, di
     """Add the grids ``ddpmkit tune`` found ({steps: {"timesteps": [...], and how they were
     measured}}) to a model file (rewritten atomically, or written to ``out``), merged with those it
     already holds."""
-    tuned = read_config(resolve(path)).get(TUNED_KEY, {})
+    file = _own_file(path)
+    tuned = read_config(file).get(TUNED_KEY, {}) if file.is_file() else {}
     tuned.setdefault(sampler, {}).update({str(k): v for k, v in found.items()})
     return _rewrite(path, None, {TUNED_KEY: tuned}, out)

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 import torch
 
 from .. import samplers
-from ..plan import Plan, make_plan
+from ..files import file_digest
+from ..plan import DENOISER_OPTIONS, Plan, make_plan
 from ..sampling import sample
 from ..schedule import NoiseSchedule
 
@@ -32,6 +33,12 @@ class LoadedModel:
     config: dict
     path: pathlib.Path
     extras: dict = dataclasses.field(default_factory=dict)
+    # plan options the model's own description sets (a diffusers scheduler config: the default grid,
+    # clipping or thresholding, ddpm's variance); the user's options override them
+    defaults: dict = dataclasses.field(default_factory=dict)
+    num_classes: int | None = None  # class labels 0..num_classes-1, where the model says how many
+    conditional: bool = False  # the network takes a class label per sample
+    digest: str | None = None  # what identifies the model's files, where it is not one file's SHA-256
 
     @property
     def eps_moment(self):
@@ -40,6 +47,10 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what decides this model's outputs: its file's bytes, or its files' digests."""
+        return self.digest or file_digest(self.path)
 
     def tuned_grids(self, sampler: str) -> dict[int, list[float]]:
         """The step grids ``ddpmkit tune`` found for ``sampler``, by step count."""
@@ -57,8 +68,54 @@ class LoadedModel:
             return plan
         sampler = options.pop("sampler", "ddim")
         supplied = {k: self.extras[k] for k in samplers.model_options(sampler) if k in self.extras}
+        options = self._with_defaults(sampler, {k: v for k, v in options.items() if v is not None})
+        options["classes"] = self._classes(options.get("classes"))
         return make_plan(self.schedule, sampler, prediction=self.prediction, tuned=self.tuned_grids(sampler),
                          model_options=supplied, model_name=self.path.name, **options)
+
+    def _with_defaults(self, sampler: str, options: dict) -> dict:
+        """The user's options over the model's defaults. The default grid applies where the user
+        places none; clipping and thresholding are one choice, so giving either replaces the
+        model's (keeping its clip range or threshold cap); a sampler option applies where the
+        sampler takes it."""
+        d = dict(self.defaults)
+        out = dict(options)
+        if any(k in options for k in ("spacing", "timesteps")):
+            d.pop("spacing", None), d.pop("offset", None)
+        elif "spacing" in d:
+            out["default_spacing"] = d.pop("spacing")
+            if "offset" in d:
+                out.setdefault("offset", d.pop("offset"))
+        if options.get("clip") is not None or options.get("threshold") is not None:
+            keep = "clip_range" if options.get("clip") else "threshold_max" if options.get("threshold") else None
+            d = {k: v for k, v in d.items() if k not in ("clip", "clip_range", "threshold", "threshold_max") or k == keep}
+        takes = set(samplers.sampler_options(sampler)) | set(DENOISER_OPTIONS)
+        for k, v in d.items():
+            if k in takes:
+                out.setdefault(k, v)
+        return out
+
+    def _classes(self, classes) -> tuple[int, ...] | None:
+        """The class labels to sample (sample with seed s gets classes[s % len(classes)]): as given,
+        checked against the model; for a conditional model given none, every class in turn."""
+        if classes is None:
+            if not self.conditional:
+                return None
+            if self.num_classes is None:
+                raise ValueError(f"{self.path.name} is class-conditional without a stated number of classes; "
+                                 "give the class labels to sample (--class)")
+            return tuple(range(self.num_classes))
+        if not self.conditional:
+            raise ValueError(f"{self.path.name} is not class-conditional, so it takes no class labels (--class)")
+        classes = tuple(classes)
+        for c in classes:
+            if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (
+                    self.num_classes is not None and c >= self.num_classes):
+                valid = f"0..{self.num_classes - 1}" if self.num_classes is not None else "integers >= 0"
+                raise ValueError(f"class {c!r} is not valid for {self.path.name}; valid: {valid}")
+        if not classes:
+            raise ValueError("no class labels given; give at least one")
+        return classes
 
     def sample(self, plan: Plan | None = None, *, seeds: Iterable[int] | None = None, num: int | None = None,
                batch_size: int | None = None, init_noise: torch.Tensor | None = None, device=None,
