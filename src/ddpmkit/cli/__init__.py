@@ -6,10 +6,10 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import bench, demo, distill, eval, moments, sample, samplers, train, tune
+from . import bench, demo, distill, eval, export, moments, sample, samplers, train, tune
 from .common import FMT, Parser
 
-COMMANDS = (train, distill, sample, eval, bench, tune, moments, samplers, demo)
+COMMANDS = (train, distill, sample, eval, bench, tune, moments, export, samplers, demo)
 
 
 def build_parser() -> Parser:
