@@ -151,7 +151,7 @@ def test_existing_folder_is_refused_and_left_alone(tmp_path, cli_error):
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     (out / "mine.txt").unlink()  # an empty folder is filled
     export.export_diffusers(random_model(TINY, (1, 8, 8)), out)
-    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "unet"]
+    assert sorted(p.name for p in out.iterdir()) == ["ddpmkit.safetensors", "model_index.json", "scheduler", "unet"]
 
 
 def test_failed_write_leaves_no_partial_folder(tmp_path, monkeypatch):
