@@ -104,14 +104,19 @@ def _weights(unet_dir: pathlib.Path) -> pathlib.Path:
     raise CheckpointError(f"{unet_dir} has no weights (looked for {', '.join(WEIGHTS)})")
 
 
+def _first_line(e: Exception) -> str:
+    """An exception's message, first line only, for a one-line error."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _check_bin(file: pathlib.Path) -> None:
     """A pickled state dict is read with ``weights_only=True`` first: that unpickler builds only
     tensors and plain containers, so a file that passes holds nothing that could run code."""
     try:
         torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for code, RuntimeError for a broken zip, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{file} is refused: torch.load(weights_only=True) cannot read it ({first}); "
+        raise CheckpointError(f"{file} is refused: torch.load(weights_only=True) cannot read it ({_first_line(e)}); "
                               "ddpmkit never unpickles more than tensors — save the weights as .safetensors") from None
 
 
@@ -127,21 +132,20 @@ class DiffusersNet(torch.nn.Module):
         return self.unet(x, t, class_labels=labels, return_dict=False)[0]
 
 
-def load_unet(unet_dir: pathlib.Path) -> torch.nn.Module:
-    """diffusers' ``UNet2DModel.from_pretrained`` on a local folder (no download is tried)."""
+def load_unet(unet_dir: pathlib.Path, weights: pathlib.Path) -> torch.nn.Module:
+    """diffusers' ``UNet2DModel.from_pretrained`` on a local folder (no download is tried), whose
+    weights file is ``weights``."""
     try:
         from diffusers import UNet2DModel
     except ImportError:
         raise CheckpointError(f"{unet_dir} is a diffusers model; reading it needs diffusers: {EXTRA}") from None
-    weights = _weights(unet_dir)
     if weights.suffix == ".bin":
         _check_bin(weights)
     try:
         return UNet2DModel.from_pretrained(unet_dir, use_safetensors=weights.suffix == ".safetensors",
                                            local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{unet_dir}: diffusers could not load its UNet2DModel: {first}") from None
+        raise CheckpointError(f"{unet_dir}: diffusers could not load its UNet2DModel: {_first_line(e)}") from None
 
 
 def sidecar_base(data: dict | None = None) -> dict:
@@ -172,7 +176,8 @@ def load_diffusers(path: str | os.PathLike, *, scheduler_config: dict | None = N
     settings = read_scheduler_config(sched, source)
     unet_config = _read_json(unet_dir / "config.json")
     shape, num_classes, conditional = _check_unet_config(unet_config, unet_dir / "config.json")
-    net = DiffusersNet(load_unet(unet_dir))
+    weights = _weights(unet_dir)
+    net = DiffusersNet(load_unet(unet_dir, weights))
     own, extras = sidecar_config(folder)
     if "eps_moment" in extras and extras["eps_moment"].shape != (settings.schedule.T,):
         raise CheckpointError(f"{folder / SIDECAR}: analytic.eps_moment has shape {extras['eps_moment'].shape}, "
@@ -181,7 +186,7 @@ def load_diffusers(path: str | os.PathLike, *, scheduler_config: dict | None = N
               "schedule": settings.schedule.to_config(), "prediction": settings.prediction,
               "data": {"shape": list(shape), "range": list(DATA_RANGE), **own.get("data", {})},
               **{k: own[k] for k in (TUNED_KEY, "analytic") if k in own}}
-    files = [unet_dir / "config.json", _weights(unet_dir)] + ([folder / SIDECAR] if (folder / SIDECAR).is_file() else [])
+    files = [unet_dir / "config.json", weights] + ([folder / SIDECAR] if (folder / SIDECAR).is_file() else [])
     digest = hashlib.sha256(json.dumps({"files": [file_digest(f) for f in files], "scheduler": sched},
                                        sort_keys=True).encode()).hexdigest()
     return LoadedModel(net.to(device).eval().requires_grad_(False), settings.schedule, settings.prediction, shape,
