@@ -24,12 +24,19 @@ def ddpmkit(*args: str) -> None:
     assert main([str(a) for a in args]) == 0, args
 
 
+# Heun's Euler point is computed as (s'/s) y + (1 - s'/s) x0 since issue 17 (samplers/edm.py), the
+# same step as y + (s' - s)(y - x0)/s with other float32 round-off. Against the same command run in
+# float64 (largest difference after clamping), the old and new samples are 9.2e-5 and 8.8e-5 off for
+# heun9clip, 9.0e-4 and 8.2e-4 for restart3 (one of its raw pixels reaches 109 before the clamp)
+ATOL = {"heun9clip": 1e-4, "restart3": 1e-3}
+
+
 @pytest.mark.parametrize("name", sorted(BEFORE["samples"]))
 def test_sample_gives_the_samples_it_gave_before(name, tmp_path):
     out = tmp_path / "x.npz"
     ddpmkit(*BEFORE["samples"][name].split(), "--quiet", "--out", out)
     with np.load(DATA / "before_one_path.npz") as before, np.load(out) as now:
-        np.testing.assert_allclose(now["samples"], before[name], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(now["samples"], before[name], rtol=0, atol=ATOL.get(name, 2e-5))
 
 
 def close(now, before, what):

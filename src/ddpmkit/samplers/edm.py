@@ -24,12 +24,16 @@ def heun_step(y: torch.Tensor, x0: torch.Tensor, s_cur, s_next, denoise_next=Non
     along d = (y - x0) / s_cur, where x0 = D(y; s_cur); with ``denoise_next`` (y -> D(y; s_next),
     which needs s_next > 0) Heun's correction, y + (s_next - s_cur) (d + d') / 2 with d' the slope
     at the Euler point. The noise levels are floats, or tensors broadcastable against y (one per
-    sample). The Heun samplers here and consistency distillation's teacher all take this step."""
-    h = s_next - s_cur
-    d = (y - x0) / s_cur
-    y_next = y + h * d
+    sample). The Heun samplers here and consistency distillation's teacher all take this step.
+
+    The Euler point is computed as (s_next / s_cur) y + (1 - s_next / s_cur) x0, the same step
+    written without y - x0: from sigma = 2e4 (the cosine schedule's t = 999) y is 1e4 times larger
+    than the result, and y + h d would keep float32's round-off of y at that size."""
+    ratio = s_next / s_cur
+    y_next = ratio * y + (1 - ratio) * x0
     if denoise_next is None:
         return y_next
+    h, d = s_next - s_cur, (y - x0) / s_cur
     d_next = (y_next - denoise_next(y_next)) / s_next
     return y + h * 0.5 * (d + d_next)
 
@@ -138,7 +142,7 @@ def euler_ancestral(denoiser, x, grid, *, noise, eta: float = 1.0, s_noise: floa
             callback(i, t, x_from_y(y, s_cur), x0)
         s_up = min(s_next, eta * math.sqrt(s_next**2 * (s_cur**2 - s_next**2) / s_cur**2))
         s_down = math.sqrt(s_next**2 - s_up**2)
-        y = y + (s_down - s_cur) * (y - x0) / s_cur
+        y = (s_down / s_cur) * y + (1 - s_down / s_cur) * x0  # the Euler step to s_down, as in heun_step
         if s_up > 0.0:
             y = y + s_up * s_noise * noise()
     return y
