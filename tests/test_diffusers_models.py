@@ -175,6 +175,10 @@ def test_class_labels_follow_the_seed(folders):
         model.plan(classes=[3])
     with pytest.raises(ValueError, match="is not class-conditional"):
         load_model(folders / "pipe").plan(classes=[1])
+    from ddpmkit.analytic import eps_moment_of_model
+
+    with pytest.raises(ValueError, match="cond is class-conditional: ddpmkit estimates Analytic-DPM's eps moments"):
+        eps_moment_of_model(model, "digits")  # before any data is read
 
 
 @pytest.mark.needs_diffusers
@@ -206,3 +210,29 @@ def test_cli_eval_says_what_it_needs_then_measures(folders, tmp_path, cli_error)
                  "--steps", "2", "--num", "8", "--out", str(tmp_path / "e.json"), "--cache", str(tmp_path / "c"),
                  "--quiet"]) in (0, None)
     assert json.loads((tmp_path / "e.json").read_text())["nfe"] == 2
+
+
+@pytest.mark.needs_diffusers
+def test_cli_eval_by_inception_alone_on_a_model_of_unknown_data(folders, tmp_path, cli_error):
+    """With random weights in the FID Inception's format (the real file cannot be had offline)."""
+    from PIL import Image
+
+    from ddpmkit.measure.inception import FIDInceptionV3
+
+    weights, real, out = tmp_path / "inception.pth", tmp_path / "real", tmp_path / "e.json"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    assert "or --inception WEIGHTS (with --inception-data FOLDER" in cli_error(
+        "eval", "--model", folders / "pipe", "--out", out)
+    assert "does not name its data set, so the Inception FID needs its real images: give --inception-data" in \
+        cli_error("eval", "--model", folders / "pipe", "--out", out, "--inception", weights)
+    real.mkdir()
+    for i in range(3):  # 10x10 RGB files, fitted to the model's 1x8x8
+        Image.fromarray(np.full((10, 10, 3), 60 * i, np.uint8)).save(real / f"{i}.png")
+    argv = ["eval", "--model", str(folders / "pipe"), "--sampler", "ddim", "--steps", "2", "--num", "4", "--out",
+            str(out), "--cache", str(tmp_path / "c"), "--inception", str(weights), "--inception-data", str(real),
+            "--quiet"]
+    assert main(argv) in (0, None)
+    report = json.loads(out.read_text())
+    assert "fid" not in report and report["nfe"] == 2 and report["num"] == 4
+    assert report["inception"]["reference"] == f"{real}, 3 images"
+    assert report["inception"]["fid"] >= 0 and 1.0 <= report["inception"]["is"] <= 1008

@@ -56,6 +56,9 @@ def eps_moment_of_model(model, dataset: str, data_dir=None, *, num: int = 1000, 
     and seed, as ``ddpmkit moments`` stores them with the table."""
     from .data import load_dataset
 
+    if getattr(model, "conditional", False):  # Gamma_t would differ per class; one table holds one
+        raise ValueError(f"{model.path.name} is class-conditional: ddpmkit estimates Analytic-DPM's eps moments "
+                         "for unconditional models only")
     T = model.schedule.T
     if timesteps > T:
         raise ValueError(f"--timesteps {timesteps} exceeds the model's {T} timesteps; give at most {T}")

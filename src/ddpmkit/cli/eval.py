@@ -9,22 +9,30 @@ from .common import (FMT, add_measure, add_sampling, check_measure, check_writab
                      plan_from_args, positive_int, progress_bar)
 
 
+INCEPTION_INSTEAD = (", or --inception WEIGHTS (with --inception-data FOLDER of its real images where the model "
+                     "names no data set) for the Inception FID and IS alone")
+
+
 def add_parser(sub) -> None:
     from ..measure.inception import INCEPTION_REAL
 
     p = sub.add_parser("eval", formatter_class=FMT, help="FID, IS, KID, precision/recall of a sampler on a model",
                        description="Sample a model (seeds SEED .. SEED+NUM-1, cached in chunks so an interrupted run "
                        "resumes), quantise the samples to the data's grey levels, and measure them with the shipped "
-                       "feature network against its reference set; the data floor is printed beside them.")
+                       "feature network against its reference set; the data floor is printed beside them. A model of "
+                       "other images (no shipped feature network) is measured by the Inception FID and IS alone, "
+                       "given --inception.")
     add_sampling(p, batch_size=250)
     p.add_argument("--num", type=positive_int, default=10000, help="number of samples")
     add_measure(p)
     p.add_argument("--out", default="eval.json", help="JSON file for the results")
     p.add_argument("--inception", default=None, metavar="WEIGHTS",
-                   help="also the usual Inception FID and IS, with the FID Inception weights at this path "
+                   help="also (for a model without a shipped feature network: only) the usual Inception FID and IS, "
+                   "with the FID Inception weights at this path "
                    "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a safetensors copy; nothing is downloaded)")
     p.add_argument("--inception-data", default=None,
-                   help="folder with the model's data set, whose real images the Inception FID compares against")
+                   help="folder with the model's data set, whose real images the Inception FID compares against "
+                   "(for a model that names no data set: a folder of its real image files)")
     p.add_argument("--inception-real", type=positive_int, default=None,
                    help=f"at most this many real images (default: {INCEPTION_REAL})")
     p.set_defaults(func=run)
@@ -44,7 +52,9 @@ def run(args) -> None:
         raise ValueError("--inception-data and --inception-real apply only with --inception WEIGHTS")
     model = load_model_from_args(args)
     plan = plan_from_args(args, model)
-    ref = measure.reference_for(model, args.feature_net)
+    # a model without a shipped feature network is measured by Inception alone, where given it
+    ref = None if args.inception and not measure.feature_net_for(model, args.feature_net) else \
+        measure.reference_for(model, args.feature_net, otherwise=INCEPTION_INSTEAD)
     setup = None
     if args.inception:  # the weights and real images are checked before sampling
         setup = inception.setup(args.inception, model, args.inception_data, args.inception_real, args.device)

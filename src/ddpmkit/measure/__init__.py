@@ -12,11 +12,11 @@
 from . import bench, demo, exact, features, inception, metrics, report
 from .cache import cache_key, chunk_files, generate, missing_chunks
 from .evaluate import eval_table, evaluate, report_plan
-from .reference import FEATURE_NET_FOR, Reference, floor_at, floor_for, load_reference, reference_for
+from .reference import FEATURE_NET_FOR, Reference, floor_at, feature_net_for, floor_for, load_reference, reference_for
 from .report import table, write_csv, write_json
 from .score import compare_to_best, features_of, score, score_features, score_samples
 
 __all__ = ["generate", "cache_key", "chunk_files", "missing_chunks", "Reference", "load_reference", "reference_for",
-           "floor_at", "floor_for", "FEATURE_NET_FOR", "score", "score_features", "score_samples", "features_of",
-           "compare_to_best", "evaluate", "eval_table", "report_plan", "table", "write_csv", "write_json",
-           "bench", "demo", "exact", "features", "inception", "metrics", "report"]
+           "feature_net_for", "floor_at", "floor_for", "FEATURE_NET_FOR", "score", "score_features", "score_samples",
+           "features_of", "compare_to_best", "evaluate", "eval_table", "report_plan", "table", "write_csv",
+           "write_json", "bench", "demo", "exact", "features", "inception", "metrics", "report"]

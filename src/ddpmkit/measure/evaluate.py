@@ -11,6 +11,8 @@ from .cache import generate
 from .reference import Reference, floor_for
 from .score import score
 
+IMAGE_LEVELS = 255  # Inception alone scores 8-bit images, as image files hold them
+
 
 def report_options(plan) -> dict:
     """The options of an eval report: the sampler's as the plan was given them (defaults included,
@@ -20,30 +22,48 @@ def report_options(plan) -> dict:
     return {**plan.options, **denoising}
 
 
-def evaluate(model, plan, *, num: int, seed: int, ref: Reference, cache_dir: str | os.PathLike,
+def evaluate(model, plan, *, num: int, seed: int, ref: Reference | None, cache_dir: str | os.PathLike,
              batch_size: int = 250, device="cpu", progress=None, inception=None) -> dict:
     """Samples of ``model`` (a ``LoadedModel``) under ``plan`` for seeds seed .. seed+num-1 (from the
     cache where they are there), scored against ``ref``: the report ``ddpmkit eval`` writes. Its
     ``spacing`` is the plan's, "explicit" for explicit timesteps; ``timesteps`` the grid where it is
     explicit or tuned, else None. With ``inception`` (an ``inception.InceptionSetup``) the report
-    also holds the usual Inception FID and IS. ``progress(count)`` is called after each chunk."""
-    levels, info = generate(model, plan, num=num, seed=seed, levels=ref.levels, cache_dir=cache_dir,
+    also holds the usual Inception FID and IS; with it, ``ref`` may be None (a model whose data has
+    no shipped feature network): the samples are then quantised to 8 bits and scored by Inception
+    alone. ``progress(count)`` is called after each chunk."""
+    if ref is None and inception is None:
+        raise ValueError("evaluate needs a reference (a shipped feature network) or an Inception setup, or both")
+    num_levels = ref.levels if ref is not None else IMAGE_LEVELS
+    levels, info = generate(model, plan, num=num, seed=seed, levels=num_levels, cache_dir=cache_dir,
                             batch_size=batch_size, device=device, progress=progress)
     result = {"model": str(model.path), "step": model.config.get("step"), "sampler": plan.sampler,
               "steps": plan.steps, "spacing": plan.spacing or "explicit",
               "timesteps": plan.timesteps, "options": report_options(plan), "nfe": info["nfe"],
-              "num": num, "seed": seed, "seconds_per_image": info["seconds"] / num, **score(levels, ref),
-              "floor": floor_for(ref, num), "reference": ref.info["reference"], "cached_samples": info["cached"]}
+              "num": num, "seed": seed, "seconds_per_image": info["seconds"] / num}
+    if ref is not None:
+        result.update(**score(levels, ref), floor=floor_for(ref, num), reference=ref.info["reference"])
+    result["cached_samples"] = info["cached"]
     if inception is not None:
         from .inception import scores
 
-        result["inception"] = scores(inception, levels, ref.levels)
+        result["inception"] = scores(inception, levels, num_levels)
     return result
 
 
-def eval_table(result: dict, ref: Reference) -> str:
+def _inception_table(result: dict) -> str:
+    inc = result["inception"]
+    row = [result["sampler"], result["nfe"], result["num"], f"{inc['fid']:.3f}", f"{inc['is']:.2f}",
+           f"{result['seconds_per_image']:.4f}"]
+    return "\n".join([report.table(["sampler", "NFE", "samples", "Inception FID", "IS", "s/image"], [row]),
+                      f"against {inc['reference']} (no shipped feature network for this model's data)"])
+
+
+def eval_table(result: dict, ref: Reference | None) -> str:
     """What ``ddpmkit eval`` prints of a report: the table with the data floor, what ± means, the
-    class frequencies, and the Inception scores where the report has them. No trailing newline."""
+    class frequencies, and the Inception scores where the report has them (a report without ``ref``
+    holds Inception's alone). No trailing newline."""
+    if ref is None:
+        return _inception_table(result)
     fl = result["floor"]
     row = [result["sampler"], result["nfe"], result["num"], f"{result['fid']:.3f} ± {result['fid_se']:.2f}",
            f"{result['is']:.2f}", f"{result['kid']:.4f}", f"{result['precision']:.3f}", f"{result['recall']:.3f}",

@@ -298,19 +298,27 @@ def setup(weights: str | os.PathLike, model, data_dir: str | os.PathLike | None 
           device="cpu") -> InceptionSetup:
     """The FID Inception network from ``weights`` and the real images of ``model``'s data set (a
     ``LoadedModel``; its test split where it has one, at most ``max_real``, default
-    ``INCEPTION_REAL``), read from ``data_dir``. A missing weights file is a ValueError naming
-    ``--inception``."""
+    ``INCEPTION_REAL``), read from ``data_dir``. A model whose data set is unknown (a diffusers
+    folder, say) needs ``data_dir``: a folder of its real images, fitted to the model's shape.
+    A missing weights file is a ValueError naming ``--inception``."""
     from ..data import load_dataset
 
+    dataset = model.config["data"].get("dataset")
+    if dataset is None and data_dir is None:
+        raise ValueError(f"--inception: {model.path.name} does not name its data set, so the Inception FID needs "
+                         "its real images: give --inception-data FOLDER (image files, any layout)")
     try:
         net = load_fid_inception(weights).to(device)
     except FileNotFoundError as e:
         raise ValueError(f"--inception: {e}") from None
-    dataset = model.config["data"]["dataset"]
-    split = "train" if dataset == "digits" or dataset.startswith("folder:") else "test"
-    real = load_dataset(dataset, data_dir, split=split)
+    if dataset is None:  # the user's folder of real images, at the model's size and channels
+        c, h, _ = model.shape
+        real, what = load_dataset(f"folder:{data_dir}", image_size=h, channels=c), str(data_dir)
+    else:
+        split = "train" if dataset == "digits" or dataset.startswith("folder:") else "test"
+        real, what = load_dataset(dataset, data_dir, split=split), f"{dataset} {split}"
     n = min(len(real), max_real or INCEPTION_REAL)
-    return InceptionSetup(net, real.to_float()[:n], f"{dataset} {split}, {n} images", str(weights))
+    return InceptionSetup(net, real.to_float()[:n], f"{what}, {n} images", str(weights))
 
 
 def scores(setup: InceptionSetup, levels, num_levels: int) -> dict:

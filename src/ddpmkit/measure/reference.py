@@ -48,16 +48,22 @@ def load_reference(name: str) -> Reference:
     return Reference(net, mu, sigma, feats, int(info["levels"]), {**info, "card": card}, **extra)
 
 
-def reference_for(model, name: str | None = None) -> Reference:
+def feature_net_for(model, name: str | None = None) -> str | None:
+    """``name``, else the shipped feature network of a ``LoadedModel``'s data set; None if it has none."""
+    return name or FEATURE_NET_FOR.get(model.config["data"].get("dataset"))
+
+
+def reference_for(model, name: str | None = None, *, otherwise: str = "") -> Reference:
     """The shipped reference for a ``LoadedModel``: ``name``, else the one of the model's data set;
-    an error if there is none or its images are not the model's shape."""
-    dataset = model.config["data"].get("dataset")
-    name = name or FEATURE_NET_FOR.get(dataset)
+    an error if there is none (ending with ``otherwise``, what else the caller can measure) or its
+    images are not the model's shape."""
+    name = feature_net_for(model, name)
     if name is None:
+        dataset = model.config["data"].get("dataset")
         what = f"dataset {dataset!r}" if dataset else "an unknown data set"
         raise ValueError(f"{model.path.name} makes {'x'.join(map(str, model.shape))} images of {what}, for which "
                          f"ddpmkit ships no feature network; the shipped ones ({', '.join(FEATURE_NET_FOR.values())}) "
-                         "take 1x28x28 and 1x8x8 digits: give --feature-net NAME for a model of such images")
+                         f"take 1x28x28 and 1x8x8 digits: give --feature-net NAME for a model of such images{otherwise}")
     ref = load_reference(name)
     cfg = ref.net.config()
     if (cfg["in_channels"], cfg["image_size"], cfg["image_size"]) != tuple(model.shape):
