@@ -174,6 +174,8 @@ def test_class_labels_follow_the_seed(folders):
     assert not torch.equal(model.sample(sampler="ddim", steps=3, seeds=[1], classes=[1]), one[:1])
     with pytest.raises(ValueError, match="class 3 is not valid for cond; valid: 0..2"):
         model.plan(classes=[3])
+    with pytest.raises(ValueError, match="cond has no null label .*, so it cannot be sampled with classifier-free"):
+        model.plan(guidance=2.0)
     with pytest.raises(ValueError, match="is not class-conditional"):
         load_model(folders / "pipe").plan(classes=[1])
     from ddpmkit.analytic import eps_moment_of_model

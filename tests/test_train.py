@@ -134,3 +134,60 @@ def test_warm_start_and_bf16(tmp_path):
     assert load_model(tmp_path / "b").config["train"]["precision"] == "bf16"
     with pytest.raises(ValueError, match="precision='fp16' is not valid; choose one of: fp32, bf16"):
         Trainer(tmp_path / "c", {"dataset": "digits", "precision": "fp16"})
+
+
+def test_conditional_training_starts_from_an_unconditional_model(tmp_path):
+    """--conditional --init-from an unconditional model: the class embedding starts at zero, so the
+    network's first predictions are that model's for every label, the null label included."""
+    from ddpmkit.models import load_model
+
+    base = train(tmp_path / "a", {"dataset": "digits", "net": "tiny", "steps": 3, "batch_size": 16}, quiet=True)
+    t = Trainer(tmp_path / "b", {"dataset": "digits", "net": "tiny", "steps": 2, "batch_size": 16,
+                                 "conditional": True, "init_from": str(base)}, quiet=True)
+    uncond = load_model(base).net
+    x, steps = torch.randn(11, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(11) * 90
+    with torch.no_grad():
+        t.net.eval()
+        assert torch.equal(t.net(x, steps, torch.arange(11)), uncond(x, steps))  # labels 0..9 and null (10)
+    t.run()
+    model = load_model(tmp_path / "b")
+    assert model.conditional and model.num_classes == 10 and model.config["train"]["label_dropout"] == 0.1
+    assert model.sample(sampler="ddim", steps=2, seeds=[0, 1], classes=[3]).shape == (2, 1, 8, 8)
+
+
+def test_label_dropout_replaces_labels_by_the_null_label(tmp_path):
+    def labels(p):
+        t = Trainer(tmp_path / str(p), {"dataset": "digits", "net": "tiny", "batch_size": 1000, "conditional": True,
+                                        "label_dropout": p}, quiet=True)
+        g = torch.Generator().manual_seed(0)
+        return t.batch_labels(1, g), t.data.labels[t.batch_indices(1)]
+
+    kept, data = labels(0.0)
+    assert torch.equal(kept, data)
+    assert (labels(1.0)[0] == 10).all()
+    some, data = labels(0.3)
+    dropped = some == 10
+    assert torch.equal(some[~dropped], data[~dropped])
+    assert abs(dropped.float().mean().item() - 0.3) < 0.05  # 3.4 binomial standard errors
+    with pytest.raises(ValueError, match="label_dropout=1.5 must be in \\[0, 1\\]"):
+        Trainer(tmp_path / "x", {"dataset": "digits", "conditional": True, "label_dropout": 1.5})
+
+
+def test_folder_labels_come_from_subfolders(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ddpmkit.data import load_dataset
+
+    for name, value in (("cats", 0), ("dogs", 255)):
+        (tmp_path / "two" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((4, 4), value, np.uint8)).save(tmp_path / "two" / name / f"{i}.png")
+    data = load_dataset(f"folder:{tmp_path / 'two'}")
+    assert data.class_names == ("cats", "dogs") and data.labels.tolist() == [0, 0, 1, 1]
+    assert data.images[2].min() == 255
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "flat" / "0.png")
+    assert load_dataset(f"folder:{tmp_path / 'flat'}").labels is None
+    with pytest.raises(ValueError, match="--conditional needs labels, and folder:.*flat has none"):
+        Trainer(tmp_path / "r", {"dataset": f"folder:{tmp_path / 'flat'}", "net": "tiny", "conditional": True})

@@ -46,12 +46,15 @@ _NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 
 @dataclass
 class ImageDataset:
-    """Images as uint8 (N, C, H, W) with values 0..levels, and int64 labels (N,) or None."""
+    """Images as uint8 (N, C, H, W) with values 0..levels, and int64 labels (N,) or None;
+    ``class_names`` names the labels 0, 1, ... where the data has names for them (a folder's
+    subfolders)."""
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor | None
     levels: int = 255
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -109,8 +112,8 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, *, split:
                          f"drop it, or name a dataset that reads one: {', '.join(d for d in DATASETS if d != 'digits')}")
     if spec.startswith("folder:"):
         _single_split(spec, split)
-        images = _load_folder(spec[len("folder:"):], image_size, channels)
-        return ImageDataset(spec, torch.from_numpy(images), None)
+        images, labels, names = _load_folder(spec[len("folder:"):], image_size, channels)
+        return ImageDataset(spec, torch.from_numpy(images), labels, class_names=names)
     name = spec.strip().lower()
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {spec!r}; valid: {', '.join(DATASETS)}, folder:PATH")
@@ -145,10 +148,24 @@ def _load_digits():
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # palette ("P") images count as colour
 
 
-def _load_folder(path: str, image_size: int | None, channels: int | None) -> np.ndarray:
-    """Every image under ``path`` (recursively, sorted by path) as uint8 (N, C, H, W). ``channels``
-    None means 1 when every image has a greyscale mode, else 3; ``image_size`` None requires all
-    images to share one size."""
+def _folder_labels(root: Path, files: list[Path]) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
+    """(labels, class names) of image files by their subfolder of ``root``, the classes in sorted name
+    order (as torchvision's ImageFolder); (None, None) unless every image lies in one of at least two
+    subfolders."""
+    parts = [f.relative_to(root).parts for f in files]
+    if any(len(p) < 2 for p in parts):
+        return None, None
+    names = tuple(sorted({p[0] for p in parts}))
+    if len(names) < 2:
+        return None, None
+    index = {name: i for i, name in enumerate(names)}
+    return torch.tensor([index[p[0]] for p in parts], dtype=torch.int64), names
+
+
+def _load_folder(path: str, image_size: int | None, channels: int | None):
+    """Every image under ``path`` (recursively, sorted by path) as uint8 (N, C, H, W), with labels by
+    subfolder (``_folder_labels``). ``channels`` None means 1 when every image has a greyscale mode,
+    else 3; ``image_size`` None requires all images to share one size."""
     if not path:
         raise ValueError("folder: needs a path, e.g. folder:images/")
     root = Path(path)
@@ -172,7 +189,7 @@ def _load_folder(path: str, image_size: int | None, channels: int | None) -> np.
             if image_size is not None and im.size != (image_size, image_size):
                 im = ImageOps.fit(im, (image_size, image_size), method=Image.BILINEAR)
             out.append(np.asarray(im).reshape(im.size[1], im.size[0], channels))
-    return np.stack(out).transpose(0, 3, 1, 2).copy()
+    return (np.stack(out).transpose(0, 3, 1, 2).copy(), *_folder_labels(root, files))
 
 
 def _image_header(path: Path):

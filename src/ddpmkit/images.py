@@ -78,9 +78,11 @@ def output_kind(out: str | os.PathLike) -> str:
     return kind
 
 
-def write_samples(x: torch.Tensor, seeds: Sequence[int], out: str | os.PathLike, kind: str, data_range) -> None:
+def write_samples(x: torch.Tensor, seeds: Sequence[int], out: str | os.PathLike, kind: str, data_range,
+                  labels: Sequence[int] | None = None) -> None:
     """Samples (N, C, H, W) in ``data_range`` to ``out`` as ``output_kind`` says: "npz" (float32
-    ``samples`` clamped to the range, int64 ``seeds``), "grid" (a square-ish PNG grid, the last row
+    ``samples`` clamped to the range, int64 ``seeds``, and ``labels`` where given), "grid" (a
+    square-ish PNG grid; with ``labels``, one row per class label, in order, labelled; short rows
     padded with blank tiles) or "dir" (one PNG per sample, named by its seed). Missing folders are
     made; every file is written atomically."""
     import math
@@ -88,16 +90,23 @@ def write_samples(x: torch.Tensor, seeds: Sequence[int], out: str | os.PathLike,
     out = pathlib.Path(out)
     (out if kind == "dir" else out.parent).mkdir(parents=True, exist_ok=True)
     if kind == "npz":
+        extra = {} if labels is None else {"labels": np.array(labels, dtype=np.int64)}
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, samples=x.float().clamp(*data_range).cpu().numpy(), seeds=np.array(seeds, dtype=np.int64))
+                np.savez(f, samples=x.float().clamp(*data_range).cpu().numpy(), seeds=np.array(seeds, dtype=np.int64),
+                         **extra)
     elif kind == "grid":
-        side = math.ceil(math.sqrt(len(x)))
-        rows = [x[i : i + side] for i in range(0, len(x), side)]
-        if len(rows[-1]) < side:  # pad the last row with blank (lowest value) tiles
-            pad = torch.full((side - len(rows[-1]), *x.shape[1:]), data_range[0])
-            rows[-1] = torch.cat([rows[-1], pad])
-        save_image(labelled_grid(rows, [""] * len(rows), scale=grid_scale(x.shape[2]), data_range=data_range), out)
+        if labels is None:
+            side = math.ceil(math.sqrt(len(x)))
+            rows, names = [x[i : i + side] for i in range(0, len(x), side)], None
+        else:
+            names = sorted(set(labels))
+            rows = [x[[i for i, y in enumerate(labels) if y == c]] for c in names]
+        side = max(len(r) for r in rows)
+        blank = torch.full((1, *x.shape[1:]), data_range[0])  # pad short rows with the lowest value
+        rows = [torch.cat([r, blank.expand(side - len(r), *x.shape[1:])]) for r in rows]
+        text = [""] * len(rows) if names is None else [str(c) for c in names]
+        save_image(labelled_grid(rows, text, scale=grid_scale(x.shape[2]), data_range=data_range), out)
     elif kind == "dir":
         for img, seed in zip(to_uint8(x, data_range), seeds):
             pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)

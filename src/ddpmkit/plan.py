@@ -19,11 +19,12 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 from . import samplers
+from .guidance import GUIDANCE_OPTIONS
 from .prediction import Denoiser
 from .schedule import ALL_SPACINGS, NoiseSchedule, check_grid, format_grid
 
 # the Denoiser's options (they change the samples, so they are part of a plan) and their defaults
-DENOISER_OPTIONS = {"clip": False, "clip_range": None, "threshold": None, "threshold_max": None}
+DENOISER_OPTIONS = {"clip": False, "clip_range": None, "threshold": None, "threshold_max": None, **GUIDANCE_OPTIONS}
 TUNED = "tuned"
 
 
@@ -135,6 +136,9 @@ def make_plan(schedule: NoiseSchedule, sampler: str = "ddim", *, steps: int | No
             raise ValueError(f"classes={list(classes)!r} is not valid; need one or more integers >= 0")
     samplers.check(sampler, schedule, grid, **sampler_opts, **supplied)
     denoiser = Denoiser(None, schedule, prediction, **denoising)  # checks clip / threshold, runs nothing
+    if classes is None and denoiser.guidance != 1.0:
+        raise ValueError(f"guidance={denoiser.guidance:g} needs class labels to guide towards: a class-conditional "
+                         "model (--class); 1 means no guidance")
     if denoiser.prediction == "eps" and schedule.abar_at(grid[0]) == 0.0:
         raise ValueError("prediction 'eps' cannot start at abar = 0 (zero terminal SNR); use 'v' or 'x0'")
     cost = samplers.nfe_for(sampler, len(grid), **sampler_opts)

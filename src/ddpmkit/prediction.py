@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 import torch
 
+from .guidance import check_guidance, combine, in_interval
 from .schedule import NoiseSchedule, _choice_error
-from .vp import PREDICTIONS, eps_from_x0, to_eps_x0, training_target
+from .vp import PREDICTIONS, eps_from_x0, sigma_from_abar, to_eps_x0, training_target
 
 __all__ = ["PREDICTIONS", "Denoiser", "check_prediction", "dynamic_threshold", "to_eps_x0", "training_target"]
 
@@ -55,6 +56,12 @@ class Denoiser:
     quantile p instead. After either, eps_hat is recomputed from the adjusted x0_hat so the pair
     stays consistent with x_t (as improved/guided-diffusion's DDIM does). ``nfe`` counts model calls.
     ``labels`` (set per batch), for a class-conditional network: ``model(x_t, t, labels)``.
+
+    ``guidance=W`` (with labels) is classifier-free guidance (``ddpmkit.guidance``): the
+    conditional and unconditional halves run as one batch of twice the size, with the model's
+    ``null_label`` for the unconditional half, and are combined before clipping; only inside
+    ``guidance_interval`` (sigma) where one is given; ``guidance_rescale`` is Lin et al.'s phi.
+    ``evaluations`` counts network evaluations per sample: two for a guided call.
     """
 
     def __init__(
@@ -68,6 +75,9 @@ class Denoiser:
         threshold: float | None = None,
         threshold_max: float | None = None,
         data_range: tuple[float, float] = (-1.0, 1.0),
+        guidance: float = 1.0,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_rescale: float = 0.0,
     ):
         self.model, self.schedule = model, schedule
         self.prediction = check_prediction(prediction)
@@ -87,18 +97,45 @@ class Denoiser:
         else:
             self.clip_to = self.data_range
         self.clip_range = clip_range
+        self.guidance, self.guidance_interval, self.guidance_rescale = check_guidance(
+            guidance, guidance_interval, guidance_rescale)
         self.labels: torch.Tensor | None = None
-        self.nfe = 0
+        self.nfe = self.evaluations = 0
 
     def timestep_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
         if float(t).is_integer():
             return torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
         return torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
 
+    def null_labels(self, x_t: torch.Tensor) -> torch.Tensor:
+        null = getattr(self.model, "null_label", None)
+        if null is None:
+            raise ValueError("classifier-free guidance needs a network trained with a null label (ddpmkit train "
+                             "--conditional); this one has none, so only guidance=1 can run")
+        return torch.full((x_t.shape[0],), int(null), dtype=torch.int64, device=x_t.device)
+
+    def network(self, x_t: torch.Tensor, t: float, abar: float) -> torch.Tensor:
+        """The model's output at (x_t, t): conditional on the labels where there are any, guided where
+        guidance applies (W != 1, inside the interval), the unconditional model's alone for W = 0."""
+        tt = self.timestep_tensor(t, x_t)
+        if self.labels is None:
+            self.evaluations += 1
+            return self.model(x_t, tt)
+        w = self.guidance
+        if w == 1.0 or not in_interval(sigma_from_abar(abar), self.guidance_interval):
+            self.evaluations += 1
+            return self.model(x_t, tt, self.labels)
+        if w == 0.0:
+            self.evaluations += 1
+            return self.model(x_t, tt, self.null_labels(x_t))
+        both = self.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, self.null_labels(x_t)]))
+        self.evaluations += 2
+        cond, uncond = both.chunk(2)
+        return combine(cond, uncond, w, self.guidance_rescale)
+
     def __call__(self, x_t: torch.Tensor, t: float):
         abar = self.schedule.abar_at(t)
-        tt = self.timestep_tensor(t, x_t)
-        output = self.model(x_t, tt) if self.labels is None else self.model(x_t, tt, self.labels)
+        output = self.network(x_t, t, abar)
         self.nfe += 1
         if output.shape != x_t.shape:
             raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x_t.shape)}")

@@ -45,15 +45,17 @@ def sample(
     plan: a ``Plan`` (``ddpmkit.make_plan``); or, instead, its options as keywords: ``sampler``
         (a name of ``ddpmkit.samplers.SAMPLERS``, default ddim), ``steps`` / ``nfe`` / ``timesteps``,
         ``spacing``, the sampler's options (``eta``, ``variance``, ...) and the denoiser's (``clip``,
-        ``threshold``, ``threshold_max``). Without steps: ``plan.default_steps``.
+        ``threshold``, ``threshold_max``, ``guidance``, ``guidance_interval``, ``guidance_rescale``).
+        Without steps: ``plan.default_steps``.
     shape: (N, C, H, W) or any (N, ...); seeds: one integer per sample (default 0..N-1). Sample i
         depends only on seeds[i] — not on batch size, position or N.
     init_noise: x_T to start from instead of drawing it (shape (N, ...)); later noise still comes
         from the seeds, so passing the x_T that seed s would draw reproduces seed s's sample.
     batch_size: samples per model call (default: all at once).
     Returns a tensor of shape (N, ...) in ``dtype`` on the model's device; with ``return_info`` a
-    pair (samples, info) where info holds ``nfe`` (network evaluations per sample), ``grid`` and
-    ``plan``.
+    pair (samples, info) where info holds ``nfe`` (model calls per sample, the solver's cost),
+    ``evaluations`` (network evaluations per sample: two for each call that classifier-free
+    guidance doubles), ``grid`` and ``plan``.
     """
     if plan is None:
         plan = make_plan(schedule, prediction=prediction, **options)
@@ -77,7 +79,7 @@ def sample(
 
     fn = get_sampler(plan.sampler)
     denoiser = Denoiser(model, schedule, prediction, data_range=data_range, **plan.denoising)
-    out, calls = [], []
+    out, calls, evaluations = [], [], []
     chunk = n if batch_size is None else int(batch_size)
     with torch.no_grad():
         for lo in range(0, n, chunk):
@@ -85,13 +87,14 @@ def sample(
             x = noise()  # drawn even when init_noise is given, so later draws line up with the seed
             if init_noise is not None:
                 x = init_noise[lo : lo + chunk].to(device=device, dtype=dtype)
-            start = denoiser.nfe
+            start, evals = denoiser.nfe, denoiser.evaluations
             labels = plan.labels(seeds[lo : lo + chunk])
             denoiser.labels = None if labels is None else torch.tensor(labels, dtype=torch.int64, device=device)
             out.append(fn(denoiser, x, plan.grid, noise=noise, callback=callback, **plan.options,
                           **plan.model_options))
             calls.append(denoiser.nfe - start)
+            evaluations.append(denoiser.evaluations - evals)
     samples = torch.cat(out)
     if return_info:
-        return samples, {"nfe": calls[0], "grid": list(plan.grid), "plan": plan}
+        return samples, {"nfe": calls[0], "evaluations": evaluations[0], "grid": list(plan.grid), "plan": plan}
     return samples

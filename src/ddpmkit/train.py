@@ -61,7 +61,13 @@ class TrainConfig:
     min_snr_gamma: float | None = option(None, "min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; off when "
                                          "not given", float)
     init_from: str | None = option(None, "start from this model's EMA weights (same network; a warm start with a "
-                                   "fresh optimiser)")
+                                   "fresh optimiser). With --conditional, an unconditional model's: the new class "
+                                   "embedding starts at zero, so training starts from its exact predictions")
+    conditional: bool = option(False, "train a class-conditional model on the dataset's labels (digits, mnist, "
+                               "fashion-mnist, cifar10, or folder:PATH with one subfolder per class)")
+    label_dropout: float = option(0.1, "with --conditional: the fraction of labels replaced by the null label, so "
+                                  "that the one network is also the unconditional model that classifier-free "
+                                  "guidance needs (Ho & Salimans 2022)")
     precision: str = option("fp32", "fp32, or bf16 (autocast of the network; on GPUs from Ampere on, or the CPU)")
     seed: int = option(0, "seed of the data order, timesteps, noise, dropout and initial weights", "count")
     checkpoint_every: int = option(500, "write the checkpoint every this many steps")
@@ -75,6 +81,8 @@ class TrainConfig:
         check_prediction(self.prediction)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0.0 <= self.label_dropout <= 1.0:  # 1: every label dropped, an unconditional run
+            raise ValueError(f"label_dropout={self.label_dropout} must be in [0, 1]")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
 
@@ -141,13 +149,15 @@ def snr_weight(abar: torch.Tensor, prediction: str, gamma: float | None) -> torc
     return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
 
 
-def diffusion_loss(net, x0, t, eps, alphas_cumprod, prediction, min_snr_gamma=None):
+def diffusion_loss(net, x0, t, eps, alphas_cumprod, prediction, min_snr_gamma=None, labels=None):
     """Ho et al. Algorithm 1 with the target of ``prediction`` (the "simple" loss), optionally
-    min-SNR weighted: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; MSE(net(x_t, t), target)."""
+    min-SNR weighted: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; MSE(net(x_t, t), target).
+    ``labels``: the class label of each image for a conditional network (``net(x_t, t, labels)``)."""
     abar = alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
     target = training_target(x0, eps, abar, prediction)
-    per_sample = ((net(x_t, t) - target) ** 2).flatten(1).mean(1)
+    out = net(x_t, t) if labels is None else net(x_t, t, labels)
+    per_sample = ((out - target) ** 2).flatten(1).mean(1)
     return (snr_weight(abar.flatten(), prediction, min_snr_gamma) * per_sample).mean()
 
 
@@ -217,19 +227,31 @@ class Trainer:
         self.abar = torch.tensor(self.schedule.alphas_cumprod, dtype=torch.float32, device=self.device)
         c, h, _ = self.data.shape
         preset = cfg.net if cfg.net != "auto" else ("digits" if h <= 8 else "small")
+        classes = {}
+        if cfg.conditional:
+            if self.data.labels is None:
+                raise ValueError(f"--conditional needs labels, and {self.data.name} has none; labelled: digits, mnist, "
+                                 "fashion-mnist, cifar10, or folder:PATH with one subfolder per class")
+            classes = {"num_classes": self.data.num_classes}
         with torch.random.fork_rng(devices=self._rng_devices()):  # initial weights from the seed; RNG restored
             torch.manual_seed(step_seed(cfg.seed, 0, "init"))
-            self.net = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout).to(self.device)
-            self.ema = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout).to(self.device)
+            self.net = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout, **classes).to(self.device)
+            self.ema = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout, **classes).to(self.device)
         if cfg.init_from is not None:
             self._warm_start(cfg.init_from)
 
     def _warm_start(self, path) -> None:
-        """Start from another model's EMA weights (same network shape); the optimiser starts fresh."""
+        """Start from another model's EMA weights (same network shape); the optimiser starts fresh. A
+        conditional run from an unconditional model starts its class embedding at zero, so that its
+        first predictions are that model's for every label."""
         from .models import resolve
 
         file = resolve(path)
-        load_into(self.net, load_tensors(file, "ema.")[0], file)
+        tensors = load_tensors(file, "ema.")[0]
+        own = self.net.state_dict()
+        if self.cfg.conditional and "class_emb.weight" not in tensors:
+            tensors["class_emb.weight"] = torch.zeros_like(own["class_emb.weight"])
+        load_into(self.net, tensors, file)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """What a checkpoint holds besides the optimiser, by key prefix; ``ema`` is the sampling model."""
@@ -245,7 +267,8 @@ class Trainer:
             "schedule": self.schedule.to_config(),
             "prediction": check_prediction(self.cfg.prediction),
             "data": {"dataset": self.data.name, "shape": list(self.data.shape), "range": list(DATA_RANGE),
-                     "num_classes": self.data.num_classes},
+                     "num_classes": self.data.num_classes,
+                     **({"class_names": list(self.data.class_names)} if self.data.class_names else {})},
             "ema": {"decay": self.cfg.ema_decay},
             "step": self.step,
             "wall_time_s": round(self.wall, 1),
@@ -291,8 +314,21 @@ class Trainer:
     def data_batch(self, step: int) -> tuple[torch.Tensor, torch.Generator]:
         """The images of ``step`` on the device, and the CPU generator of that step's other draws."""
         cfg = self.cfg
-        idx = batch_indices(len(self.data), cfg.batch_size, cfg.seed, step)
+        idx = self.batch_indices(step)
         return self.data.batch(idx).to(self.device), torch.Generator().manual_seed(step_seed(cfg.seed, step, "noise"))
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        return batch_indices(len(self.data), self.cfg.batch_size, self.cfg.seed, step)
+
+    def batch_labels(self, step: int, g: torch.Generator) -> torch.Tensor | None:
+        """The class labels of ``step``'s images for a conditional run (None otherwise), each replaced by
+        the null label (num_classes) with probability label_dropout, drawn from ``g`` after the noise."""
+        if not self.cfg.conditional:
+            return None
+        labels = self.data.labels[self.batch_indices(step)].clone()
+        dropped = torch.rand(len(labels), generator=g) < self.cfg.label_dropout
+        labels[dropped] = self.data.num_classes
+        return labels.to(self.device)
 
     def optimise(self, step: int, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on ``loss_fn()`` (dropout seeded per step), then the EMA update.
@@ -321,13 +357,16 @@ class Trainer:
         x0, g = self.data_batch(step)
         t = torch.randint(0, cfg.T, (len(x0),), generator=g).to(self.device)
         eps = torch.randn(x0.shape, generator=g).to(self.device)
+        labels = self.batch_labels(step, g)
         return self.optimise(step, lambda: diffusion_loss(self.net, x0, t, eps, self.abar, cfg.prediction,
-                                                          cfg.min_snr_gamma))
+                                                          cfg.min_snr_gamma, labels))
 
     def sample_grid(self, path, n: int = 64) -> None:
-        x = sample(self.ema, self.schedule, sampler="ddim", steps=50, prediction=self.cfg.prediction,
-                   shape=(n, *self.data.shape), seeds=range(n), device=self.device)
         side = int(math.sqrt(n))
+        # a conditional model's grid has one class per row (0, 1, ... in turn)
+        classes = [(i // side) % self.data.num_classes for i in range(n)] if self.cfg.conditional else None
+        x = sample(self.ema, self.schedule, sampler="ddim", steps=50, prediction=self.cfg.prediction,
+                   shape=(n, *self.data.shape), seeds=range(n), device=self.device, classes=classes)
         rows = [x[i * side : (i + 1) * side] for i in range(side)]
         save_image(labelled_grid(rows, [""] * side, scale=grid_scale(self.data.shape[1])), path)
 

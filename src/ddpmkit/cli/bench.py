@@ -13,8 +13,10 @@ def add_parser(sub) -> None:
                        description="For every sampler and NFE: FID, IS, KID, precision, recall (with the data floor), "
                        "NFE, seconds per image, images/s and peak memory, as markdown, CSV and JSON; plots of FID "
                        "against NFE and wall time; a grid of the same seeds per sampler; DDPM vs DDIM trajectories. "
-                       "Sampler specs: NAME[@SPACING][:KEY=VALUE,...] with KEY a sampler option or the denoiser's clip "
-                       "or threshold, e.g. ddim:eta=0.5, dpmpp-2m@logsnr or ddpm:clip=true.")
+                       "Sampler specs: NAME[@SPACING][:KEY=VALUE,...] with KEY a sampler option or the denoiser's clip, "
+                       "threshold, guidance, guidance_rescale or guidance_interval=LO/HI, e.g. ddim:eta=0.5, "
+                       "dpmpp-2m@logsnr, ddpm:clip=true or unipc:guidance=3 (a class-conditional model samples every "
+                       "class in turn, and its table has the class accuracy).")
     add_model(p)
     p.add_argument("--samplers", default="ddpm,ddim,dpmpp-2m@logsnr,unipc@logsnr", help="comma-separated sampler specs")
     p.add_argument("--nfe", default="5,10,20,50,100,1000", help="comma-separated NFE budgets")

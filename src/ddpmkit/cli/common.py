@@ -86,16 +86,29 @@ def timestep_list(text: str) -> list[float]:
     return values
 
 
-def class_list(text: str) -> list[int]:
-    """--class: one class label, or a comma-separated list of them (integers >= 0)."""
+def class_list(text: str) -> list[int] | None:
+    """--class: one class label, a comma-separated list of them (integers >= 0), or ``all`` (None:
+    every class in turn, the model's default)."""
+    if text.strip().lower() == "all":
+        return None
     items = text.split(",")
     try:
         values = [int(v) for v in items]
     except ValueError:
         values = []
     if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a class label or a comma-separated list of labels >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a class label, a comma-separated list of labels >= 0 "
+                                         "or 'all'")
     return values
+
+
+def interval_arg(text: str) -> tuple[float, float]:
+    """--guidance-interval: two noise levels LO,HI (sigma)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not two noise levels LO,HI, e.g. 0.28,5.42") from None
+    return lo, hi
 
 
 def scheduler_config_arg(text: str) -> dict:
@@ -215,7 +228,17 @@ def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
     p.add_argument("--class", dest="classes", type=class_list, default=None, metavar="LABELS",
                    help="a class-conditional model's class label, or labels taken in turn by seed (seed s gets "
-                   "LABELS[s %% len]); default: every class in turn")
+                   "LABELS[s %% len]); default (or 'all'): every class in turn")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance scale, diffusers' convention: uncond + W (cond - uncond); 1 (the "
+                   "default) is no guidance, 0 the unconditional model. Each guided step evaluates the network on "
+                   "both halves in one batch: two network evaluations per sample")
+    p.add_argument("--guidance-interval", type=interval_arg, default=None, metavar="LO,HI",
+                   help="guide only at noise levels sigma = sqrt((1 - abar) / abar) in (LO, HI] (Kynkaanniemi et al. "
+                   "2024), the conditional model elsewhere; default: at every step")
+    p.add_argument("--guidance-rescale", type=float, default=None, metavar="PHI",
+                   help="rescale the guided output's std towards the conditional one's by PHI in [0, 1] (Lin et al. "
+                   "2023; for v-prediction and zero-SNR models); default 0")
     add_seed(p)
     add_batch_size(p, batch_size)
     add_device(p)
@@ -237,7 +260,9 @@ def plan_from_args(args, model):
     if args.timesteps is not None and args.spacing is not None:
         raise ValueError(f"--spacing {args.spacing} and --timesteps both place the steps; give one of them")
     return model.plan(sampler=args.sampler, steps=args.steps, nfe=args.nfe, timesteps=args.timesteps,
-                      spacing=args.spacing, clip=args.clip, threshold=args.threshold, classes=args.classes, **options)
+                      spacing=args.spacing, clip=args.clip, threshold=args.threshold, classes=args.classes,
+                      guidance=args.guidance, guidance_interval=args.guidance_interval,
+                      guidance_rescale=args.guidance_rescale, **options)
 
 
 def command_line() -> str:

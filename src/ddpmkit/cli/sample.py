@@ -18,8 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--num", type=positive_int, default=None,
                    help="number of samples (default: 16, or as many as --init-noise holds)")
     p.add_argument("--init-noise", default=None, help=".npy file of x_T, shape (N, C, H, W)")
-    p.add_argument("--out", required=True, help="grid.png (an image grid), samples.npz (float32 in [-1, 1] and seeds) "
-                   "or a folder (one PNG per sample, named by its seed)")
+    p.add_argument("--out", required=True, help="grid.png (an image grid; a class-conditional model's has a row per "
+                   "class), samples.npz (float32 in [-1, 1], seeds, and labels where there are classes) or a folder "
+                   "(one PNG per sample, named by its seed)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +43,7 @@ def run(args) -> None:
                      callback=(lambda *a: bar.update(1)) if bar else None)
     if bar:
         bar.close()
-    write_samples(x, seeds, out, kind, model.data_range)
+    write_samples(x, seeds, out, kind, model.data_range, plan.labels(seeds))  # a class-conditional grid: row by class
     print(f"wrote {num} samples to {out} ({plan.describe()})")
 
 

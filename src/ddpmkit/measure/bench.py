@@ -6,9 +6,10 @@ floor), the NFE actually spent, seconds per image, images/s and the process's pe
 as markdown, CSV and JSON, with plots of FID against NFE and against wall time, a grid of the same
 seeds per sampler, and a trajectory figure (x_t and x0_hat along the steps) for DDPM against DDIM.
 
-Sampler specs: ``NAME[@SPACING][:KEY=VALUE,...]``, KEY a sampler option or the denoiser's ``clip``
-or ``threshold`` (``ddim:eta=0.5``, ``dpmpp-2m@logsnr``, ``ddpm:clip=true``); several are separated
-by commas, where a KEY=VALUE item continues the spec before it (``split_specs``).
+Sampler specs: ``NAME[@SPACING][:KEY=VALUE,...]``, KEY a sampler option or the denoiser's ``clip``,
+``threshold``, ``guidance``, ``guidance_rescale`` or ``guidance_interval`` (``ddim:eta=0.5``,
+``dpmpp-2m@logsnr``, ``ddpm:clip=true``, ``unipc:guidance=3,guidance_interval=0.3/5``); several are
+separated by commas, where a KEY=VALUE item continues the spec before it (``split_specs``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..samplers import parse_bool, sampler_options, steps_for_nfe
 from . import report
 from .cache import generate
 from .reference import Reference
-from .score import compare_to_best, features_of, score_features
+from .score import asked_classes, compare_to_best, features_of, score_features
 
 PRESETS = {
     # the shape of the DDIM paper's Table 1: eta in {0, 0.2, 0.5, 1} and DDPM's large variance
@@ -36,7 +37,9 @@ PRESETS = {
 }
 
 # the denoiser's options a spec may carry beside the sampler's, with the type of their values
-DENOISING = {"clip": False, "threshold": 0.995}
+# (guidance_interval=LO/HI: two noise levels, a slash between them, since commas separate options)
+DENOISING = {"clip": False, "threshold": 0.995, "guidance": 1.0, "guidance_rescale": 0.0,
+             "guidance_interval": (0.0, 1.0)}
 
 
 def split_specs(text: str) -> list[str]:
@@ -71,12 +74,18 @@ def parse_sampler(spec: str) -> tuple[str, str, dict, str | None]:
 
 def _parse_value(spec: str, key: str, value: str, default):
     """A spec's option value, read as the type of the option's default."""
-    kind = parse_bool if isinstance(default, bool) else type(default)
+    kind = parse_bool if isinstance(default, bool) else _interval if isinstance(default, tuple) else type(default)
     try:
         return kind(value)
     except ValueError:
-        what = {parse_bool: "true or false", int: "an integer", float: "a number"}.get(kind, f"a valid {key}")
+        what = {parse_bool: "true or false", int: "an integer", float: "a number",
+                _interval: "two noise levels LO/HI"}.get(kind, f"a valid {key}")
         raise ValueError(f"sampler spec {spec!r}: {key}={value!r} is not {what}") from None
+
+
+def _interval(value: str) -> tuple[float, float]:
+    lo, hi = value.split("/")
+    return float(lo), float(hi)
 
 
 class Row(NamedTuple):
@@ -132,11 +141,15 @@ def run(model, ref: Reference, rows: list[Row], *, num: int, seed: int, cache_di
         row = {"sampler": r.label, "spacing": plan.spacing, "timesteps": plan.timesteps, "nfe_budget": r.budget,
                "steps": plan.steps, "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
                "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
-               "peak_memory_mb": peak, **score_features(feats, probs, ref)}
+               "peak_memory_mb": peak,
+               **score_features(feats, probs, ref, labels=asked_classes(model, plan, seed, num))}
+        if "class_accuracy" in row:
+            row["accuracy"] = row["class_accuracy"]["accuracy"]
         results.append(row)
         features.append(feats)
+        acc = f"  class accuracy {100 * row['accuracy']:.1f}%" if "accuracy" in row else ""
         log(f"  {r.label:<24} NFE {row['nfe']:>4}  FID {row['fid']:.3f}  IS {row['is']:.2f}  "
-            f"{row['seconds_per_image']:.4f} s/img")
+            f"{row['seconds_per_image']:.4f} s/img{acc}")
     compare_to_best(results, features, ref)
     return results
 
@@ -151,23 +164,29 @@ def header(command: str, model, ref: Reference, num: int, seed: int, machine: st
 
 
 COLUMNS = ["sampler", "spacing", "nfe", "fid", "fid_se", "fid_vs_best", "fid_vs_best_se", "is", "kid", "precision",
-           "recall", "seconds_per_image", "images_per_s", "peak_memory_mb"]
+           "recall", "accuracy", "seconds_per_image", "images_per_s", "peak_memory_mb"]
 TABLE = ["sampler", "grid", "NFE", "FID", "FID − best", "IS", "KID", "precision", "recall", "s/image", "images/s",
          "peak MB"]
 
 
 def markdown(rows: list[dict], floor: dict, header: str = "") -> str:
-    """bench.md: ``header``, then one table line per row and the data floor's."""
+    """bench.md: ``header``, then one table line per row and the data floor's; a conditional model's
+    table has the class accuracy (the asked class, by the feature network) after recall."""
+    accuracy = any("accuracy" in r for r in rows)
+
     def line(r):
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "—"
         vs = "best" if r["fid_vs_best_se"] is None else f"+{r['fid_vs_best']:.2f} ± {r['fid_vs_best_se']:.2f}"
+        acc = [f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "—"] if accuracy else []
         return [r["sampler"], r["spacing"], r["nfe"], f"{r['fid']:.3f} ± {r['fid_se']:.2f}", vs, f"{r['is']:.2f}",
-                f"{r['kid']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['seconds_per_image']:.4f}",
-                ips, f"{r['peak_memory_mb']:.0f}"]
+                f"{r['kid']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}", *acc,
+                f"{r['seconds_per_image']:.4f}", ips, f"{r['peak_memory_mb']:.0f}"]
 
     last = [f"data floor ({floor['n']} real vs reference)", "", "", f"{floor['fid']:.3f}", "", f"{floor['is']:.2f}",
-            f"{floor['kid']:.4f}", f"{floor['precision']:.3f}", f"{floor['recall']:.3f}", "", "", ""]
-    return "\n".join([header, "", report.table(TABLE, [*map(line, rows), last])]) + "\n"
+            f"{floor['kid']:.4f}", f"{floor['precision']:.3f}", f"{floor['recall']:.3f}", *([""] if accuracy else []),
+            "", "", ""]
+    columns = TABLE[:9] + ["class acc."] + TABLE[9:] if accuracy else TABLE
+    return "\n".join([header, "", report.table(columns, [*map(line, rows), last])]) + "\n"
 
 
 def write(out_dir, rows: list[dict], floor: dict, header: str) -> None:

@@ -9,7 +9,7 @@ from ..plan import DENOISER_OPTIONS
 from . import report
 from .cache import generate
 from .reference import Reference, floor_for
-from .score import score
+from .score import asked_classes, score
 
 IMAGE_LEVELS = 255  # Inception alone scores 8-bit images, as image files hold them
 
@@ -41,7 +41,8 @@ def evaluate(model, plan, *, num: int, seed: int, ref: Reference | None, cache_d
               "timesteps": plan.timesteps, "options": report_options(plan), "nfe": info["nfe"],
               "num": num, "seed": seed, "seconds_per_image": info["seconds"] / num}
     if ref is not None:
-        result.update(**score(levels, ref), floor=floor_for(ref, num), reference=ref.info["reference"])
+        result.update(**score(levels, ref, labels=asked_classes(model, plan, seed, num)), floor=floor_for(ref, num),
+                      reference=ref.info["reference"])
     result["cached_samples"] = info["cached"]
     if inception is not None:
         from .inception import scores
@@ -75,6 +76,11 @@ def eval_table(result: dict, ref: Reference | None) -> str:
                           [row, floor]),
              "FID ± its bootstrap standard error over the samples",
              f"class frequencies (%, by the feature network): {freq}"]
+    if "class_accuracy" in result:
+        acc = result["class_accuracy"]
+        per = " ".join("-" if a is None else f"{100 * a:.1f}" for a in acc["per_class"])
+        lines.append(f"class accuracy (%, the asked class by the feature network): {100 * acc['accuracy']:.1f}; "
+                     f"per class {per}")
     if "inception" in result:
         inc = result["inception"]
         lines.append(f"Inception FID {inc['fid']:.3f}, IS {inc['is']:.2f} against {inc['reference']}")

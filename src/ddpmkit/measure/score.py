@@ -8,7 +8,7 @@ import torch
 from ..images import from_levels, to_levels
 from . import metrics
 from .features import predict
-from .reference import Reference, load_reference
+from .reference import FEATURE_NET_FOR, Reference, load_reference
 
 
 def features_of(levels: np.ndarray, ref: Reference) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,17 +18,36 @@ def features_of(levels: np.ndarray, ref: Reference) -> tuple[torch.Tensor, torch
 
 
 def score(levels: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True,
-          standard_error: bool = True) -> dict:
+          standard_error: bool = True, labels=None) -> dict:
     """FID with its bootstrap standard error, IS, KID, precision/recall against the reference, and
-    the class frequencies, of samples given as grey levels. ``precision_recall`` (the reference's
-    k-NN radii cost seconds on a CPU) and ``standard_error`` (100 resampled FIDs, a fraction of a
-    second) can be turned off where only the FID is read, as in ``ddpmkit tune``'s search."""
+    the class frequencies, of samples given as grey levels; with ``labels`` (the class each sample
+    was asked for, in the feature network's classes) the class accuracy too (``class_accuracy``).
+    ``precision_recall`` (the reference's k-NN radii cost seconds on a CPU) and ``standard_error``
+    (100 resampled FIDs, a fraction of a second) can be turned off where only the FID is read, as
+    in ``ddpmkit tune``'s search."""
     feats, probs = features_of(levels, ref)
-    return score_features(feats, probs, ref, num_classes, precision_recall, standard_error)
+    return score_features(feats, probs, ref, num_classes, precision_recall, standard_error, labels)
+
+
+def asked_classes(model, plan, seed: int, num: int) -> list[int] | None:
+    """The class that samples seed .. seed+num-1 were asked for, where the shipped feature network
+    classifies the model's own classes (a conditional model of its data set); else None."""
+    if plan.classes is None or FEATURE_NET_FOR.get(model.config["data"].get("dataset")) is None:
+        return None
+    return plan.labels(range(seed, seed + num))
+
+
+def class_accuracy(probs: torch.Tensor, labels, num_classes: int) -> dict:
+    """How often the feature network's classifier assigns a sample to the class it was asked for:
+    ``accuracy`` over all samples and ``per_class`` (None for a class not asked for)."""
+    predicted, asked = probs.argmax(1).numpy(), np.asarray(labels)
+    hit = predicted == asked
+    per_class = [float(hit[asked == c].mean()) if (asked == c).any() else None for c in range(num_classes)]
+    return {"accuracy": float(hit.mean()), "per_class": per_class}
 
 
 def score_features(feats: torch.Tensor, probs: torch.Tensor, ref: Reference, num_classes: int = 10,
-                   precision_recall: bool = True, standard_error: bool = True) -> dict:
+                   precision_recall: bool = True, standard_error: bool = True, labels=None) -> dict:
     """``score`` from the feature network's features and class probabilities of the samples."""
     mu, sigma = metrics.feature_statistics(feats)
     is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(feats)))
@@ -40,6 +59,8 @@ def score_features(feats: torch.Tensor, probs: torch.Tensor, ref: Reference, num
            "kid": kid, "kid_std": kid_std, "class_frequencies": freq.tolist()}
     if precision_recall:
         out["precision"], out["recall"] = metrics.precision_recall(ref.features, feats)
+    if labels is not None:
+        out["class_accuracy"] = class_accuracy(probs, labels, num_classes)
     return out
 
 

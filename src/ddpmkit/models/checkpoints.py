@@ -107,8 +107,9 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu",
         if moment.shape != (schedule.T,):
             raise CheckpointError(f"{file}: analytic.eps_moment has shape {moment.shape}, expected ({schedule.T},)")
         extras["eps_moment"] = moment
+    num_classes = config["net"].get("num_classes")  # a class-conditional U-Net's labels 0..num_classes-1
     return LoadedModel(net.to(device).eval().requires_grad_(False), schedule, prediction, shape, data_range, config,
-                       file, extras)
+                       file, extras, num_classes=num_classes, conditional=num_classes is not None)
 
 
 def _own_file(path: str | os.PathLike) -> pathlib.Path:

@@ -70,8 +70,12 @@ class LoadedModel:
         supplied = {k: self.extras[k] for k in samplers.model_options(sampler) if k in self.extras}
         options = self._with_defaults(sampler, {k: v for k, v in options.items() if v is not None})
         options["classes"] = self._classes(options.get("classes"))
-        return make_plan(self.schedule, sampler, prediction=self.prediction, tuned=self.tuned_grids(sampler),
+        plan = make_plan(self.schedule, sampler, prediction=self.prediction, tuned=self.tuned_grids(sampler),
                          model_options=supplied, model_name=self.path.name, **options)
+        if plan.denoising.get("guidance", 1.0) != 1.0 and getattr(self.net, "null_label", None) is None:
+            raise ValueError(f"{self.path.name} has no null label (one trained with label dropout), so it cannot "
+                             "be sampled with classifier-free guidance; --guidance 1 (the default) samples it")
+        return plan
 
     def _with_defaults(self, sampler: str, options: dict) -> dict:
         """The user's options over the model's defaults. The default grid applies where the user

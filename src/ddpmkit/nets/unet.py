@@ -203,6 +203,12 @@ class UNet(nn.Module):
         # faster in that layout (1.1-1.2x for the whole "small" net on a CPU); the output is made plain again
         self.to(memory_format=torch.channels_last)
 
+    @property
+    def null_label(self) -> int | None:
+        """The label that means "no label" (classifier-free guidance's unconditional half), or None
+        for an unconditional network."""
+        return self.num_classes
+
     def config(self) -> dict:
         """JSON-serialisable kwargs that rebuild this architecture: ``UNet(**net.config())``."""
         return dict(self._config, channel_mults=list(self._config["channel_mults"]),
