@@ -307,3 +307,22 @@ def test_tune_searches_by_the_fid_of_cached_samples(mnist_cm, ref, tmp_path):
     levels, info = measure.generate(mnist_cm, plan, num=4, seed=5, levels=ref.levels, cache_dir=tmp_path)
     assert info["cached"] == 4 and entry["fid"] == measure.score(levels, ref)["fid"]
     assert shown == [found_line("cm", 1, entry)] and shown[0].startswith("cm, 1 steps: timesteps ")
+
+
+def test_generate_refuses_to_score_samples_with_nan(mnist, tmp_path, monkeypatch):
+    plan = mnist.plan(sampler="ddim", steps=2)
+    real = type(mnist).sample
+
+    def broken(self, plan, **kw):  # seed 5's sample goes non-finite, as a diverging sampler's would
+        x, info = real(self, plan, **kw)
+        seeds = list(kw["seeds"])
+        if 5 in seeds:
+            x[seeds.index(5), 0, 3, 3] = float("nan")
+        return x, info
+
+    monkeypatch.setattr(type(mnist), "sample", broken)
+    with pytest.raises(ValueError, match="1 of seeds 4..7 gave samples with NaN or inf \\(seeds 5, ...\\), which are "
+                                         "not scored"):
+        measure.generate(mnist, plan, num=8, seed=0, levels=255, cache_dir=tmp_path, chunk=4)
+    chunks = sorted(p.name for p in tmp_path.rglob("*.npz"))
+    assert chunks == [measure.chunk_files(tmp_path, 0, 8, 4)[0][2].name]  # the good chunk stays cached, no other

@@ -191,3 +191,30 @@ def test_folder_labels_come_from_subfolders(tmp_path):
     assert load_dataset(f"folder:{tmp_path / 'flat'}").labels is None
     with pytest.raises(ValueError, match="--conditional needs labels, and folder:.*flat has none"):
         Trainer(tmp_path / "r", {"dataset": f"folder:{tmp_path / 'flat'}", "net": "tiny", "conditional": True})
+
+
+def test_a_diverging_run_skips_non_finite_steps_then_stops_keeping_its_checkpoint(tmp_path):
+    """lr 1e6 goes non-finite within a few steps: those steps are skipped (logged as such, the log
+    stays strict JSON), the run stops after MAX_NONFINITE in a row naming the step and the kept
+    checkpoint, and no file it wrote holds NaN."""
+    from ddpmkit.checkpoint import CheckpointError, save_checkpoint
+    from ddpmkit.models import load_model
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"step \d+: the loss or gradient was not finite 5 steps in a row, so training "
+                                         r"stopped \(lower --lr, now 1e\+06\?\); .*checkpoint.safetensors \(step \d+\)"):
+        train(out, {**FAST, "steps": 40, "lr": 1e6, "warmup": 0, "checkpoint_every": 1, "log_every": 1}, quiet=True)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"log.jsonl holds {c}"))
+
+    lines = [strict(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    skipped = [ln["step"] for ln in lines if "skipped" in ln]
+    assert len(skipped) >= 5 and skipped[-5:] == list(range(skipped[-1] - 4, skipped[-1] + 1))
+    model = load_model(out)  # finite weights, or load_model would refuse them
+    assert model.config["step"] < skipped[-1]
+    tensors, config = load_tensors(out / "model.safetensors")
+    tensors[next(iter(tensors))] = torch.full_like(next(iter(tensors.values())), float("nan"))
+    save_checkpoint(tmp_path / "nan.safetensors", tensors, config)
+    with pytest.raises(CheckpointError, match="holds NaN or inf .* so the model cannot be sampled"):
+        load_model(tmp_path / "nan.safetensors")

@@ -182,6 +182,7 @@ class Trainer:
     ``config``; checkpoints, resume and the loop are shared."""
 
     Config = TrainConfig
+    MAX_NONFINITE = 5  # non-finite steps in a row (each skipped) after which a run stops
     CHANGEABLE = ("steps", "data_dir", "download", "checkpoint_every", "sample_every", "log_every", "precision")
 
     def __init__(self, out: str | os.PathLike, options: dict | None = None, *, resume: bool = False, device="cpu",
@@ -215,6 +216,7 @@ class Trainer:
         self.ema.eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step, self.wall = 0, 0.0
+        self.skipped = False  # whether the last step was skipped for a non-finite loss or gradient
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load(ckpt)
@@ -277,6 +279,13 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Write the checkpoint and the model file, atomically; never weights that are not finite
+        (the files already there stay as they are)."""
+        for name, module in self.modules().items():
+            bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                raise ValueError(f"step {self.step}: the {name} weights are not finite ({bad[0]!r} and "
+                                 f"{len(bad) - 1} more); {self.out / CHECKPOINT} is left as it was")
         config = self.config()
         tensors = {f"{name}.{k}": v for name, m in self.modules().items() for k, v in m.state_dict().items()}
         state = self.opt.state_dict()
@@ -331,8 +340,9 @@ class Trainer:
         return labels.to(self.device)
 
     def optimise(self, step: int, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on ``loss_fn()`` (dropout seeded per step), then the EMA update.
-        Returns (loss, gradient norm) as tensors, so that a GPU is not made to wait every step."""
+        """One optimiser step on ``loss_fn()`` (dropout seeded per step), then the EMA update; skipped
+        (no optimiser or EMA update, ``self.skipped``) when the loss or the gradient is not finite.
+        Returns (loss, gradient norm) as tensors. The finiteness test is the one device sync a step."""
         cfg = self.cfg
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, step)
@@ -344,6 +354,10 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.skipped = not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        if self.skipped:
+            self.opt.zero_grad(set_to_none=True)
+            return loss.detach(), grad_norm.detach()
         self.opt.step()
         with torch.no_grad():
             d = ema_decay_at(cfg.ema_decay, step)
@@ -370,13 +384,24 @@ class Trainer:
         rows = [x[i * side : (i + 1) * side] for i in range(side)]
         save_image(labelled_grid(rows, [""] * side, scale=grid_scale(self.data.shape[1])), path)
 
+    def _skip(self, in_a_row: int) -> None:
+        """Log a step skipped for a non-finite loss or gradient; stop after MAX_NONFINITE in a row."""
+        with open(self.out / LOG, "a") as f:
+            f.write(json.dumps({"step": self.step, "skipped": "the loss or gradient is not finite"}) + "\n")
+        if in_a_row >= self.MAX_NONFINITE:
+            ckpt = self.out / CHECKPOINT
+            saved = _last_saved_step(ckpt)
+            kept = f"{ckpt} (step {saved}) is kept as it was" if saved is not None else "no checkpoint was written"
+            raise ValueError(f"step {self.step}: the loss or gradient was not finite {in_a_row} steps in a row, "
+                             f"so training stopped (lower --lr, now {self.cfg.lr:g}?); {kept}")
+
     def run(self) -> pathlib.Path:
         from tqdm import tqdm
 
         cfg = self.cfg
         (self.out / "samples").mkdir(exist_ok=True)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
-        window, window_start = [], time.perf_counter()
+        window, window_start, window_first, in_a_row = [], time.perf_counter(), self.step, 0
         consistent = True  # False while the weights are ahead of self.step
         try:
             while self.step < cfg.steps:
@@ -385,22 +410,29 @@ class Trainer:
                 loss, gnorm = self.train_step(self.step + 1)
                 self.step += 1
                 consistent = True
-                window.append(loss)
                 bar.update(1)
+                if self.skipped:
+                    in_a_row += 1
+                    self._skip(in_a_row)
+                else:
+                    in_a_row = 0
+                    window.append(loss)
                 logging = self.step % cfg.log_every == 0 or self.step == cfg.steps
                 if logging:
-                    mean_loss = torch.stack(window).mean().item()  # the one device sync per log line
+                    mean_loss = torch.stack(window).mean().item() if window else None
                 # training time only (no grids, no saves); exact at log lines, where the device has caught up
                 self.wall += time.perf_counter() - start
                 if logging:
                     elapsed = time.perf_counter() - window_start
-                    rate = len(window) * cfg.batch_size / elapsed
-                    record = {"step": self.step, "loss": mean_loss, "grad_norm": gnorm.item(),
+                    rate = (self.step - window_first) * cfg.batch_size / elapsed
+                    g = gnorm.item()
+                    record = {"step": self.step, "loss": mean_loss, "grad_norm": g if math.isfinite(g) else None,
                               "lr": lr_at(cfg, self.step), "images_per_s": rate, "wall_time_s": round(self.wall, 2)}
                     with open(self.out / LOG, "a") as f:
                         f.write(json.dumps(record) + "\n")
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.0f}")
-                    window, window_start = [], time.perf_counter()
+                    if mean_loss is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+                    window, window_start, window_first = [], time.perf_counter(), self.step
                 if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
                     self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -412,6 +444,10 @@ class Trainer:
         finally:
             bar.close()
         return self.out / MODEL
+
+
+def _last_saved_step(path: pathlib.Path):
+    return read_config(path)["step"] if path.exists() else None
 
 
 def train(out, options: dict | None = None, **kw) -> pathlib.Path:

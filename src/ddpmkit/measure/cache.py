@@ -15,6 +15,7 @@ import pathlib
 import time
 
 import numpy as np
+import torch
 
 from ..files import atomic_path
 from ..images import to_levels
@@ -69,6 +70,12 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
             start = time.perf_counter()
             x, info = model.sample(plan, seeds=range(first, first + count), batch_size=batch_size, device=device,
                                    return_info=True)
+            bad = (~torch.isfinite(x.flatten(1))).any(1)
+            if bad.any():  # quantising would clamp NaN and inf into grey levels and score them as images
+                seeds = [first + int(i) for i in bad.nonzero().flatten()[:3]]
+                raise ValueError(f"{plan.describe()}: {int(bad.sum())} of seeds {first}..{first + count - 1} gave "
+                                 f"samples with NaN or inf (seeds {', '.join(map(str, seeds))}, ...), which are not "
+                                 "scored; another sampler or more steps may be stable")
             part = to_levels(x, levels, model.data_range)
             secs, used = time.perf_counter() - start, info["nfe"]
             with atomic_path(path) as tmp:

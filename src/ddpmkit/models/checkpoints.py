@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_into, load_tensors, read_config
+from ..checkpoint import CheckpointError, check_finite, load_into, load_tensors, read_config
 from ..prediction import check_prediction
 from ..schedule import NoiseSchedule
 from .diffusers_folder import SIDECAR, is_diffusers_folder, load_diffusers, sidecar_base
@@ -101,6 +101,7 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu",
         raise CheckpointError(f"{file} has an invalid config: {e}") from None
     net = build_net(config["net"], schedule)
     load_into(net, tensors, file)
+    check_finite(net, file)
     extras = {}
     if "analytic" in config:
         moment = load_tensors(file, "analytic.")[0]["eps_moment"].double().numpy()

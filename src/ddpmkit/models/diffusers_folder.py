@@ -18,7 +18,7 @@ import pathlib
 
 import torch
 
-from ..checkpoint import CheckpointError, load_tensors, read_config
+from ..checkpoint import CheckpointError, check_finite, load_tensors, read_config
 from ..files import file_digest
 from .loaded import TUNED_KEY, LoadedModel
 from .scheduler_config import read_scheduler_config
@@ -178,6 +178,7 @@ def load_diffusers(path: str | os.PathLike, *, scheduler_config: dict | None = N
     shape, num_classes, conditional = _check_unet_config(unet_config, unet_dir / "config.json")
     weights = _weights(unet_dir)
     net = DiffusersNet(load_unet(unet_dir, weights))
+    check_finite(net, weights)
     own, extras = sidecar_config(folder)
     if "eps_moment" in extras and extras["eps_moment"].shape != (settings.schedule.T,):
         raise CheckpointError(f"{folder / SIDECAR}: analytic.eps_moment has shape {extras['eps_moment'].shape}, "
