@@ -326,3 +326,24 @@ def test_generate_refuses_to_score_samples_with_nan(mnist, tmp_path, monkeypatch
         measure.generate(mnist, plan, num=8, seed=0, levels=255, cache_dir=tmp_path, chunk=4)
     chunks = sorted(p.name for p in tmp_path.rglob("*.npz"))
     assert chunks == [measure.chunk_files(tmp_path, 0, 8, 4)[0][2].name]  # the good chunk stays cached, no other
+
+
+def test_a_damaged_cache_chunk_is_set_aside_and_sampled_again(mnist, tmp_path, capsys):
+    plan = mnist.plan(sampler="ddim", steps=2)
+    kw = dict(num=12, seed=0, levels=255, cache_dir=tmp_path, chunk=4)
+    first, info = measure.generate(mnist, plan, **kw)
+    (a, _, p0), (_, _, p1), (_, _, p2) = measure.chunk_files(pathlib.Path(info["cache"]), 0, 12, 4)
+    p0.write_bytes(p0.read_bytes()[:200])  # truncated, as by a kill
+    with np.load(p1) as d:  # the wrong number of samples
+        np.savez(p1, levels=d["levels"][:3], seconds=d["seconds"], nfe=d["nfe"])
+    with np.load(p2) as d:  # one grey level changed: the checksum no longer fits
+        levels = d["levels"].copy()
+        levels[0, 0, 0, 0] ^= 1
+        np.savez(p2, levels=levels, seconds=d["seconds"], nfe=d["nfe"], sha256=d["sha256"])
+    capsys.readouterr()
+    again, info = measure.generate(mnist, plan, **kw)
+    assert info["cached"] == 0 and np.array_equal(again, first)
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 3 and all("was damaged" in w and "sampled again" in w for w in warnings)
+    assert all(p.with_name(p.name + ".damaged").exists() for p in (p0, p1, p2))
+    assert measure.generate(mnist, plan, **kw)[1]["cached"] == 12  # healed

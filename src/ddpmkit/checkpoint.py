@@ -39,8 +39,11 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], c
         raise ValueError(f"checkpoint config lacks {missing[0]!r}; it needs {', '.join(REQUIRED)}")
     header = json.dumps({"format": FORMAT, "version": VERSION, **config}, sort_keys=True)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata={CONFIG_KEY: header})
+    try:
+        with atomic_path(path) as tmp:
+            save_file(flat, str(tmp), metadata={CONFIG_KEY: header})
+    except SafetensorError as e:  # a full disk, say: the file that was there stays as it was
+        raise OSError(f"could not write {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def read_config(path: str | os.PathLike) -> dict:

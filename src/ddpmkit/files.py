@@ -7,17 +7,20 @@ import functools
 import hashlib
 import os
 import pathlib
+import re
 import tempfile
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``
-    (atomic on POSIX), on error it is removed and ``path`` is left as it was."""
+    (atomic on POSIX), on error it is removed and ``path`` is left as it was. The temporary file is
+    named ``.NAME.PID.XXXX.tmp.SUFFIX`` after the writer, so that one a killed writer left behind
+    can be told apart from a live one's (``remove_stale_temps``)."""
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield pathlib.Path(tmp)
@@ -30,6 +33,35 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp(\.\w+)?$")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """Remove the temporary files of ``atomic_path`` in ``folder`` whose writer no longer runs (a
+    process killed mid-write); returns them. A live writer's, this process's included, stay."""
+    removed = []
+    for p in pathlib.Path(folder).glob(".*.tmp*"):
+        m = _TEMP.match(p.name)
+        if m is None or _alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -108,9 +108,18 @@ def write_samples(x: torch.Tensor, seeds: Sequence[int], out: str | os.PathLike,
         text = [""] * len(rows) if names is None else [str(c) for c in names]
         save_image(labelled_grid(rows, text, scale=grid_scale(x.shape[2]), data_range=data_range), out)
     elif kind == "dir":
-        for img, seed in zip(to_uint8(x, data_range), seeds):
-            pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-            with atomic_path(out / f"{seed:06d}.png") as tmp:
-                pic.save(tmp, format="PNG")
+        written = []
+        try:
+            for img, seed in zip(to_uint8(x, data_range), seeds):
+                pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+                file = out / f"{seed:06d}.png"
+                with atomic_path(file) as tmp:
+                    pic.save(tmp, format="PNG")
+                written.append(file)
+        except OSError as e:  # a full disk, say: no partial set of samples is left behind
+            for f in written:
+                f.unlink(missing_ok=True)
+            raise OSError(f"could not write {file} ({e.strerror or e}); removed the {len(written)} samples written "
+                          f"before it to {out}") from None
     else:
         raise ValueError(f"kind={kind!r} is not valid; choose grid, npz or dir")

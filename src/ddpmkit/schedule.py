@@ -63,6 +63,10 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     return 1.0 - alphas
 
 
+# the most timesteps a schedule holds tables for (discrete DDPMs use 1000 to 4000): a crafted checkpoint
+# header with T = 1e9 is refused before 16 GB of tables are built
+MAX_T = 100_000
+
 class NoiseSchedule:
     """A named beta schedule over T discrete timesteps, with its float64 tables.
 
@@ -91,8 +95,8 @@ class NoiseSchedule:
     def __init__(self, name: str = "linear", T: int = 1000, *, zero_terminal_snr: bool = False, **params: float):
         if name not in SCHEDULES:
             raise _choice_error("schedule", name, SCHEDULES)
-        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 2:
-            raise ValueError(f"T={T!r} is not a valid number of diffusion steps; need an integer >= 2")
+        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or not 2 <= T <= MAX_T:
+            raise ValueError(f"T={T!r} is not a valid number of diffusion steps; need an integer in 2..{MAX_T}")
         defaults = self._PARAMS[name]
         unknown = sorted(set(params) - set(defaults))
         if unknown:

@@ -15,13 +15,14 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 
 import torch
 
 from .checkpoint import load_into, load_tensors, read_config, save_checkpoint
 from .data import DATA_RANGE, ImageDataset, load_dataset
-from .files import write_text
+from .files import remove_stale_temps, write_text
 from .images import grid_scale, labelled_grid, save_image
 from .nets import build_unet
 from .prediction import check_prediction, training_target
@@ -218,8 +219,13 @@ class Trainer:
         self.step, self.wall = 0, 0.0
         self.skipped = False  # whether the last step was skipped for a non-finite loss or gradient
         self.out.mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, self.out / "samples"):  # what a killed earlier start of this run left half-written
+            if folder.is_dir():
+                remove_stale_temps(folder)
         if resume:
             self._load(ckpt)
+        else:
+            self._set_aside_stale_log()
 
     def _setup(self) -> None:
         cfg = self.cfg
@@ -250,9 +256,8 @@ class Trainer:
 
         file = resolve(path)
         tensors = load_tensors(file, "ema.")[0]
-        own = self.net.state_dict()
-        if self.cfg.conditional and "class_emb.weight" not in tensors:
-            tensors["class_emb.weight"] = torch.zeros_like(own["class_emb.weight"])
+        if getattr(self.cfg, "conditional", False) and "class_emb.weight" not in tensors:  # DistillConfig has none
+            tensors["class_emb.weight"] = torch.zeros_like(self.net.state_dict()["class_emb.weight"])
         load_into(self.net, tensors, file)
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -313,11 +318,32 @@ class Trainer:
         self._truncate_log()
 
     def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from (an interrupted tail)."""
+        """Drop log lines written after the checkpoint we resume from (an interrupted tail), and a
+        line torn by a kill, with a warning."""
         log = self.out / LOG
         if log.exists():
-            keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            keep, torn = [], 0
+            for ln in filter(str.strip, log.read_text().splitlines()):
+                try:
+                    step = json.loads(ln)["step"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    torn += 1
+                    continue
+                if step <= self.step:
+                    keep.append(ln)
+            if torn:
+                print(f"warning: {log}: skipped {torn} unreadable line(s), torn by an interruption", file=sys.stderr)
             write_text(log, "".join(ln + "\n" for ln in keep))
+
+    def _set_aside_stale_log(self) -> None:
+        """A fresh run in a folder whose log has no checkpoint behind it (an earlier start, killed
+        before its first checkpoint) starts a new log; the old one is kept beside it."""
+        log = self.out / LOG
+        if log.exists():
+            aside = log.with_name(LOG + ".stale")
+            os.replace(log, aside)
+            print(f"warning: {log} belonged to an earlier start of this run with no checkpoint; moved to "
+                  f"{aside.name}", file=sys.stderr)
 
     # -- the loop ------------------------------------------------------------------------------
     def data_batch(self, step: int) -> tuple[torch.Tensor, torch.Generator]:

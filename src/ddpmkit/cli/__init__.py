@@ -3,6 +3,7 @@ into calls of the library (a Plan, a LoadedModel, ``measure``); ``common`` holds
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .. import __version__
@@ -12,9 +13,14 @@ from .common import FMT, Parser
 COMMANDS = (train, distill, sample, eval, bench, tune, moments, export, samplers, demo)
 
 
+DEBUG_ENV = "DDPMKIT_DEBUG"  # set (to anything but 0 or empty), like --debug: tracebacks instead of one line
+
+
 def build_parser() -> Parser:
     p = Parser(prog="ddpmkit", description="Diffusion models built around sampling.", formatter_class=FMT)
     p.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the traceback of an error instead of one line (or set {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -22,18 +28,35 @@ def build_parser() -> Parser:
 
 
 def main(argv=None) -> int:
+    """Run one command. Every failure is one line on stderr and a non-zero exit: 2 for bad input or
+    an unusable file (ValueError, OSError, CheckpointError), 1 for anything unforeseen, 130 on
+    Ctrl-C; a closed pipe (``ddpmkit samplers | head``) ends quietly. --debug re-raises."""
     from ..machine import keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
     keep_freed_memory()  # activations are reallocated at every network call: keep their pages mapped
     try:
         args.func(args)
-    except (ValueError, OSError) as e:  # includes CheckpointError; an unwritable path: one line, no traceback
-        print(f"ddpmkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        # the reader went away: nothing more to say, and nothing for the interpreter to flush at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"ddpmkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as e:  # includes CheckpointError; an unwritable path: one line, no traceback
+        if debug:
+            raise
+        print(f"ddpmkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if debug:
+            raise
+        what = str(e).splitlines()[0] if str(e) else ""
+        print(f"ddpmkit {args.command}: error: {type(e).__name__}: {what} (an unforeseen failure: --debug shows "
+              "where; please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

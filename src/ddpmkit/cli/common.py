@@ -291,14 +291,32 @@ def check_writable(out: pathlib.Path, target_dir: pathlib.Path) -> None:
     probe = nearest_existing(target_dir)
     if not probe.is_dir():
         raise ValueError(f"--out {out} cannot be written: {probe} is a file")
-    if not os.access(probe, os.W_OK):
+    if not writable_folder(probe):
         raise ValueError(f"--out {out} cannot be written: {probe} is not a writable folder")
 
 
-def check_measure(args) -> None:
-    """eval, bench and tune: FID needs two samples at least, and the cache must be a folder."""
-    if args.num < 2:
-        raise ValueError(f"--num {args.num} is too few: FID needs a covariance, so give at least 2 samples")
+def writable_folder(folder: pathlib.Path) -> bool:
+    """Whether a file can be created in ``folder``, found by creating one and removing it (a
+    permission test alone says yes to root, and to read-only or virtual file systems)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".ddpmkit-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
+def check_measure(args, precision_recall: bool = True) -> None:
+    """eval, bench and tune, before any sampling: enough samples for the metrics (FID needs a
+    covariance; precision and recall each sample's k = 3 nearest others), and the cache a folder."""
+    need = 4 if precision_recall else 2
+    if args.num < need:
+        why = "precision and recall need each sample's 3 nearest neighbours" if precision_recall else \
+            "FID needs a covariance"
+        raise ValueError(f"--num {args.num} is too few: {why}, so give at least {need} samples")
     check_folder("--cache", args.cache)
 
 
@@ -310,18 +328,25 @@ OUT_MODEL_HELP = ("model file (.safetensors) to write: a copy of --model with th
 def model_out(args) -> pathlib.Path | None:
     """tune and moments: the model file to write, None for --model's own file. A shipped model is
     never rewritten in place (the installed file stays as its card describes): it needs --out."""
-    from ..models import SIDECAR, is_diffusers_model, is_shipped_name
+    from ..models import SIDECAR, is_diffusers_model, is_shipped_name, resolve
 
     if is_diffusers_model(args.model):
         if args.out is not None:
             raise ValueError(f"--out {args.out}: --model {args.model} is a diffusers folder, whose files are not "
                              f"rewritten; the result goes to {pathlib.Path(args.model) / SIDECAR} beside them "
                              "(drop --out)")
+        if not writable_folder(pathlib.Path(args.model)):
+            raise ValueError(f"--model {args.model} is not a writable folder, so {SIDECAR} cannot be written there; "
+                             "copy the folder somewhere writable")
         return None
     if args.out is None:
         if is_shipped_name(args.model):
             raise ValueError(f"--model {args.model} is a shipped model, which is not rewritten; give --out FILE "
                              f"for a copy that holds the result (e.g. --out {args.model}-mine.safetensors)")
+        own = resolve(args.model)
+        if not writable_folder(own.parent):
+            raise ValueError(f"--model {args.model}: {own.parent} is not writable, so {own.name} cannot be rewritten "
+                             "in place; give --out FILE for a copy that holds the result")
         return None
     out = pathlib.Path(args.out)
     if out.suffix.lower() != ".safetensors" or out.is_dir():

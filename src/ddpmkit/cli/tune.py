@@ -38,7 +38,7 @@ def run(args) -> None:
     from ..tune import tune
 
     sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
-    check_measure(args)
+    check_measure(args, precision_recall=False)  # tune scores by FID alone
     out = model_out(args)
     steps_list = sorted(set(positive_int_list("--steps", args.steps)))
     model = load_model_from_args(args)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from ..files import atomic_path
+from ..files import atomic_path, remove_stale_temps
 from ..images import to_levels
 
 CHUNK = 500  # seeds per cached file
@@ -51,6 +51,33 @@ def missing_chunks(model, plan, *, num: int, seed: int, levels: int, cache_dir: 
     return [path for _, _, path in chunk_files(folder, seed, num, chunk) if not path.exists()]
 
 
+def read_chunk(path: pathlib.Path, count: int, shape) -> tuple[np.ndarray, float, int] | None:
+    """(levels, seconds, nfe) of a cached chunk, or None when it is unreadable (truncated by a kill,
+    say), holds other than ``count`` uint8 samples of ``shape``, or fails its SHA-256."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            part, secs, used = data["levels"], float(data["seconds"]), int(data["nfe"])
+            digest = str(data["sha256"]) if "sha256" in data.files else None
+    except Exception:  # noqa: BLE001 -- np.load raises BadZipFile, EOFError, ValueError, KeyError, OSError...
+        return None
+    if part.dtype != np.uint8 or part.shape != (count, *shape):
+        return None
+    if digest is not None and hashlib.sha256(part.tobytes()).hexdigest() != digest:
+        return None
+    return part, secs, used
+
+
+def set_aside(path: pathlib.Path) -> pathlib.Path:
+    """Move a damaged chunk out of the way (kept for inspection, never read again), with a warning."""
+    import sys
+
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    print(f"warning: cache chunk {path} was damaged (truncated, the wrong size, or a checksum mismatch); moved to "
+          f"{aside.name} and sampled again", file=sys.stderr)
+    return aside
+
+
 def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | os.PathLike, chunk: int = CHUNK,
              batch_size: int = 250, device="cpu", progress=None) -> tuple[np.ndarray, dict]:
     """Samples of ``model`` (a ``LoadedModel``) under ``plan`` for seeds seed .. seed+num-1, as
@@ -60,11 +87,14 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
     read from the cache) and ``cache`` (the folder))."""
     folder = cache_folder(model, plan, levels, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)  # chunks a killed run left half-written
     parts, seconds, nfe, cached = [], 0.0, None, 0
     for first, count, path in chunk_files(folder, seed, num, chunk):
-        if path.exists():
-            with np.load(path, allow_pickle=False) as data:
-                part, secs, used = data["levels"], float(data["seconds"]), int(data["nfe"])
+        found = read_chunk(path, count, tuple(model.shape)) if path.exists() else None
+        if path.exists() and found is None:
+            set_aside(path)
+        if found is not None:
+            part, secs, used = found
             cached += count
         else:
             start = time.perf_counter()
@@ -80,7 +110,7 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
             secs, used = time.perf_counter() - start, info["nfe"]
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, levels=part, seconds=secs, nfe=used)
+                    np.savez(f, levels=part, seconds=secs, nfe=used, sha256=hashlib.sha256(part.tobytes()).hexdigest())
         parts.append(part)
         seconds += secs
         nfe = used

@@ -97,6 +97,10 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu",
         prediction = check_prediction(config["prediction"])
         shape = tuple(int(d) for d in config["data"]["shape"])
         data_range = tuple(float(v) for v in config["data"].get("range", (-1.0, 1.0)))
+        if len(data_range) != 2 or not data_range[0] < data_range[1]:
+            raise ValueError(f"data range {list(data_range)} is not [low, high] with low < high")
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"data shape {list(shape)} is not [channels, height, width] of positive sizes")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{file} has an invalid config: {e}") from None
     net = build_net(config["net"], schedule)
