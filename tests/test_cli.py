@@ -1,5 +1,6 @@
 """The ``ddpmkit`` command, run the way a user runs it."""
 
+import json
 import subprocess
 import sys
 
@@ -133,8 +134,18 @@ def test_bad_input_stops_before_any_work_in_one_line(tmp_path, capsys):
     (tmp_path / "d.png").mkdir()
     noise = tmp_path / "noise.npy"
     np.save(noise, np.full((2, 1, 28, 28), np.nan, dtype=np.float32))
+    huge = tmp_path / "huge.safetensors"  # a crafted header: a billion timesteps
+    save_file({"ema.w": np.zeros(2, dtype=np.float32)}, str(huge), metadata={CONFIG_KEY: json.dumps(
+        {"format": "ddpmkit-checkpoint", "version": 1, "net": {"arch": "unet"}, "schedule": {"name": "linear", "T": 10**9},
+         "prediction": "eps", "data": {"shape": [1, 28, 28]}})})
     out = tmp_path / "new"
     cases = [
+        (["sample", "--model", huge, "--out", out], "T=1000000000 is not a valid number of diffusion steps"),
+        (["eval", "--num", "3", "--out", tmp_path / "e.json"], "--num 3 is too few: precision and recall need"),
+        (["bench", "--num", "2", "--out", out], "--num 2 is too few"),
+        (["sample", "--guidance", "-1", "--out", out], "guidance=-1.0 is not valid; need a finite number >= 0"),
+        (["sample", "--class", "x", "--out", out], "'x' is not a class label"),
+        (["bench", "--samplers", "ddim:guidance_interval=1", "--out", out], "is not two noise levels LO/HI"),
         (["sample", "--device", "cuda:99", "--out", out], "'cuda:99' is not a device this machine has; valid here: cpu"),
         (["sample", "--timesteps", "999,500", "--spacing", "karras", "--out", out], "--spacing karras and --timesteps"),
         (["sample", "--timesteps", "999,,500", "--out", out], "'999,,500' is not a comma-separated list"),
@@ -175,4 +186,5 @@ def test_bad_input_stops_before_any_work_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (args, err)
         assert err.startswith(f"ddpmkit {args[0]}: error: "), err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "d.png", "listed.safetensors", "noise.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "d.png", "huge.safetensors", "listed.safetensors",
+                                                          "noise.npy"]

@@ -73,3 +73,10 @@ def test_debug_shows_the_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ddpmkit", "sample", "--model", str(missing), "--out",
                         str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self").is_dir(), reason="needs Linux's /proc, a folder no one can write")
+def test_an_unwritable_out_is_refused_before_sampling_even_for_root(cli_error):
+    # root passes every permission test; creating a file is the test that holds
+    err = cli_error("sample", "--model", "mnist", "--num", "2", "--out", "/proc/nope/a.png")
+    assert "--out /proc/nope/a.png cannot be written: /proc is not a writable folder" in err
