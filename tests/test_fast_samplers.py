@@ -210,3 +210,32 @@ def test_unipc_corrector_raises_the_order(order, expected):
         errs.append(((x - exact) ** 2).mean().sqrt().item())
     fitted = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert abs(fitted - expected) < 0.3, (fitted, errs)
+
+
+@pytest.mark.parametrize("steps", [4, 10, 20])
+def test_ipndm_parity(steps):
+    # diffusers' IPNDMScheduler builds its own (alpha, sigma) table from a sine; given ours on our
+    # grid (and alpha = 1, sigma = 0 after it), its step is ours: DDIM with the Adams-Bashforth
+    # combination of the last four eps. It reads a v prediction (ets = sigma x + alpha v = eps).
+    sched = diffusers.IPNDMScheduler(num_train_timesteps=1000)
+    sched.set_timesteps(steps)
+    grid = SCHED.grid(steps, "trailing")
+    ab = SCHED.abar_at(np.asarray(grid, dtype=np.float64))
+    sched.alphas = torch.tensor(np.append(np.sqrt(ab), 1.0))
+    sched.betas = torch.tensor(np.append(np.sqrt(1 - ab), 0.0))
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    v_model = MIX.model(SCHED, "v")
+    x = x_T.clone()
+    for t_theirs, t in zip(sched.timesteps, grid):
+        x = sched.step(v_model(x, torch.full((len(x),), float(t))), t_theirs, x).prev_sample
+    den = Denoiser(v_model, SCHED, "v")
+    torch.testing.assert_close(SAMPLERS["ipndm"](den, x_T.clone(), grid, noise=None), x, rtol=1e-10, atol=1e-10)
+
+
+def test_ipndm_order_1_is_ddim_and_higher_orders_converge_faster():
+    kw = dict(steps=12, shape=(4, 1, 4, 4), dtype=torch.float64, spacing="logsnr")
+    torch.testing.assert_close(sample(MIX.model(SCHED), SCHED, sampler="ipndm", order=1, **kw),
+                               sample(MIX.model(SCHED), SCHED, sampler="ddim", **kw), rtol=1e-12, atol=1e-12)
+    e1 = errors_against_exact_flow("ddim", [10, 20])
+    e4 = errors_against_exact_flow("ipndm", [10, 20])
+    assert (e4 < 0.3 * e1).all(), (e1, e4)

@@ -25,6 +25,7 @@ from .ddim import check_ddim, ddim
 from .ddpm import check_ddpm, ddpm
 from .dpm_solver import check_dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .edm import check_edm, check_euler_ancestral, check_restart, euler, euler_ancestral, heun, restart
+from .pndm import check_ipndm, ipndm
 from .unipc import check_unipc, unipc
 
 SAMPLERS: dict[str, Callable] = {
@@ -37,6 +38,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp-3m": dpmpp_3m,
     "dpmpp-2m-sde": dpmpp_2m_sde,
     "unipc": unipc,
+    "ipndm": ipndm,
     "restart": restart,
     "cm": cm,
 }
@@ -52,6 +54,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "dpmpp-3m": check_dpmpp,
     "dpmpp-2m-sde": check_dpmpp,
     "unipc": check_unipc,
+    "ipndm": check_ipndm,
     "restart": check_restart,
     "cm": check_cm,
 }
