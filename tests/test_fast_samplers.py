@@ -239,3 +239,37 @@ def test_ipndm_order_1_is_ddim_and_higher_orders_converge_faster():
     e1 = errors_against_exact_flow("ddim", [10, 20])
     e4 = errors_against_exact_flow("ipndm", [10, 20])
     assert (e4 < 0.3 * e1).all(), (e1, e4)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # diffusers' last step takes log(0)
+@pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")  # np.log on tensors
+def test_deis_parity(steps, order):
+    # diffusers' DEISMultistepScheduler ("logrho") on our grid and sigmas: every state it feeds the
+    # model agrees with ours. Its last step into sigma = 0 is 0 * inf (NaN) where ours, first order
+    # into clean data, returns x0_hat of the last state (as DPM-Solver++ does).
+    sched = diffusers.DEISMultistepScheduler(num_train_timesteps=1000, trained_betas=SCHED.betas.tolist(),
+                                            timestep_spacing="trailing", solver_order=order, lower_order_final=True)
+    sched.set_timesteps(steps)
+    grid = SCHED.grid(steps, "trailing")
+    np.testing.assert_array_equal(sched.timesteps.numpy(), grid)
+    sched.sigmas = torch.tensor(our_sigmas(grid))
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    model = MIX.model(SCHED, "eps")
+    states, seen = [], []
+    their_loop(sched, model, x_T, 0.0, ve=False, states=states)
+    den = Denoiser(model, SCHED, "eps")
+    mine = SAMPLERS["deis"](den, x_T.clone(), grid, noise=None, order=order,
+                            callback=lambda i, t, x, x0: seen.append((x, x0)))
+    for (a, _), b in zip(seen[1:], states[:-1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(mine, seen[-1][1], rtol=1e-12, atol=1e-12)
+
+
+def test_deis_order_1_is_ddim_and_higher_orders_converge_faster():
+    kw = dict(steps=12, shape=(4, 1, 4, 4), dtype=torch.float64, spacing="logsnr")
+    torch.testing.assert_close(sample(MIX.model(SCHED), SCHED, sampler="deis", order=1, **kw),
+                               sample(MIX.model(SCHED), SCHED, sampler="ddim", **kw), rtol=1e-12, atol=1e-12)
+    e1, e3 = errors_against_exact_flow("ddim", [10, 20]), errors_against_exact_flow("deis", [10, 20])
+    assert (e3 < 0.3 * e1).all(), (e1, e3)

@@ -96,7 +96,7 @@ def test_zero_terminal_snr(name):
     exact one from lambda = -inf) or says clearly that it needs a finite sigma (the EDM family)."""
     gm = GaussianMixture.gaussian(0.3, 0.5, (1, 4, 4))
     kw = dict(sampler=name, steps=8, prediction="v", shape=(4, 1, 4, 4), dtype=torch.float64)
-    if name in ("euler", "heun", "euler-ancestral", "restart", "ipndm"):  # they step in (y, sigma)
+    if name in ("euler", "heun", "euler-ancestral", "restart", "ipndm", "deis"):  # they step in (y, sigma)
         with pytest.raises(ValueError, match="finite sigma"):
             sample(gm.model(ZSNR, "v"), ZSNR, **kw)
         return

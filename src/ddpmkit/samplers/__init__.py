@@ -23,6 +23,7 @@ from ._common import MIN_STEPS, check_steps, min_steps
 from .consistency import check_cm, cm
 from .ddim import check_ddim, ddim
 from .ddpm import check_ddpm, ddpm
+from .deis import check_deis, deis
 from .dpm_solver import check_dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .edm import check_edm, check_euler_ancestral, check_restart, euler, euler_ancestral, heun, restart
 from .pndm import check_ipndm, ipndm
@@ -39,6 +40,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp-2m-sde": dpmpp_2m_sde,
     "unipc": unipc,
     "ipndm": ipndm,
+    "deis": deis,
     "restart": restart,
     "cm": cm,
 }
@@ -55,6 +57,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "dpmpp-2m-sde": check_dpmpp,
     "unipc": check_unipc,
     "ipndm": check_ipndm,
+    "deis": check_deis,
     "restart": check_restart,
     "cm": check_cm,
 }
