@@ -6,22 +6,28 @@ VENV ?= .venv
 # Override for another build, e.g. `make test TORCH='torch==2.13.0 --index-url ...'`.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# the runtime alone for the demo; the test extras (pytest, scipy, diffusers) only for the tests
 STAMP := $(VENV)/.ddpmkit-installed
+TEST_STAMP := $(VENV)/.ddpmkit-test-installed
 
 .PHONY: demo test test-all clean
 
 demo: $(STAMP)
 	$(BIN)/ddpmkit demo --out out/mnist.png
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m ""
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 

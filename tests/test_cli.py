@@ -166,7 +166,7 @@ def test_bad_input_stops_before_any_work_in_one_line(tmp_path, capsys):
         (["bench", "--samplers", "ddim:eta=abc", "--out", out], "eta='abc' is not a number"),
         (["bench", "--samplers", "ddim,ddim:eta=5", "--nfe", "5,1000", "--out", out],
          "sampler spec 'ddim:eta=5' at 5 NFE: eta=5.0 is outside [0, 1]"),
-        (["bench", "--samplers", "ddpm@even", "--out", out], "sampler spec 'ddpm@even' at 5 NFE: unknown spacing"),
+        (["bench", "--samplers", "ddpm@even", "--out", out], "sampler spec 'ddpm@even' at 10 NFE: unknown spacing"),
         (["demo", "--num", "2001", "--out", tmp_path / "demo.png"], "--num 2001 is more than the 2000"),
         (["moments", "--model", "mnist", "--timesteps", "1001", "--out", tmp_path / "m.safetensors"],
          "--timesteps 1001 exceeds the model's 1000"),

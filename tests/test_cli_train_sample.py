@@ -81,7 +81,7 @@ def test_sample_errors(run_dir, tmp_path, cli_error):
         (ok + ["--sampler", "ddim", "--eta", "1.5"], "eta=1.5 is outside [0, 1]"),
         (ok + ["--sampler", "ddpm", "--eta", "0.5"], "--eta does not apply to sampler 'ddpm'; its options: --variance"),
         (ok + ["--sampler", "ddpm", "--variance", "medium"], "variance='medium' is not valid; choose one of: small, large"),
-        (ok + ["--steps", "1001"], "steps=1001 is not valid; need an integer in [1, 1000]"),
+        (ok + ["--sampler", "ddim", "--steps", "1001"], "steps=1001 is not valid; need an integer in [1, 1000]"),
         (ok + ["--steps", "0"], "--steps: '0' is not an integer >= 1"),
         (ok + ["--spacing", "uniform"], "unknown spacing 'uniform'; valid: leading, trailing, linspace, karras, logsnr"),
         (["--model", tmp_path / "nope.safetensors"], "does not exist"),
@@ -256,10 +256,10 @@ def test_bench_writes_every_output(run_dir, tmp_path):
 
     out = tmp_path / "bench"
     r = ddpmkit("bench", "--model", run_dir, "--samplers", "ddim,ddpm:variance=large,unipc@logsnr:order=3,variant=bh1",
-                "--nfe", "3,5", "--num", 12, "--cache", tmp_path / "cache", "--out", out, "--quiet")
+                "--nfe", "3,5", "--num", 12, "--cache", tmp_path / "cache", "--out", out, "--trajectories", "--quiet")
     assert r.returncode == 0, r.stderr
     assert {p.name for p in out.iterdir()} == {"bench.md", "bench.csv", "bench.json", "fid.png", "samples.png",
-                                               "trajectories.png"}
+                                               "trajectories.png"}  # the trajectories of the rows' own samplers
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [(r["sampler"], r["nfe"]) for r in rows] == [
         ("ddim", "3"), ("ddim", "5"), ("ddpm:variance=large", "3"), ("ddpm:variance=large", "5"),

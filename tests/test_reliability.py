@@ -80,3 +80,9 @@ def test_an_unwritable_out_is_refused_before_sampling_even_for_root(cli_error):
     # root passes every permission test; creating a file is the test that holds
     err = cli_error("sample", "--model", "mnist", "--num", "2", "--out", "/proc/nope/a.png")
     assert "--out /proc/nope/a.png cannot be written: /proc is not a writable folder" in err
+
+
+def test_torchrun_is_refused_until_several_processes_are_supported(cli_error, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    err = cli_error("train", "--dataset", "digits", "--out", tmp_path / "run")
+    assert "WORLD_SIZE=2: ddpmkit runs in one process" in err and not (tmp_path / "run").exists()

@@ -27,6 +27,15 @@ def build_parser() -> Parser:
     return p
 
 
+def check_one_process() -> None:
+    """ddpmkit runs as one process: under torchrun (WORLD_SIZE > 1) every process would run the whole
+    command into the same files, so that is refused until several processes are supported."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        raise ValueError(f"WORLD_SIZE={world}: ddpmkit runs in one process, and under torchrun each of the "
+                         f"{world} processes would run this whole command into the same files; run it without torchrun")
+
+
 def main(argv=None) -> int:
     """Run one command. Every failure is one line on stderr and a non-zero exit: 2 for bad input or
     an unusable file (ValueError, OSError, CheckpointError), 1 for anything unforeseen, 130 on
@@ -37,6 +46,7 @@ def main(argv=None) -> int:
     debug = args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
     keep_freed_memory()  # activations are reallocated at every network call: keep their pages mapped
     try:
+        check_one_process()
         args.func(args)
     except BrokenPipeError:
         # the reader went away: nothing more to say, and nothing for the interpreter to flush at exit

@@ -207,9 +207,13 @@ SPACING_HELP = ("step grid: leading, trailing, linspace, karras, logsnr, or tune
 def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
     """The options that choose a model and how to sample it (sample and eval): they become a Plan."""
     add_model(p)
-    p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
+    p.add_argument("--sampler", default=None,
+                   help=f"one of: {', '.join(SAMPLERS)} (default: the model's recommended one: cm for a consistency "
+                   "model, else dpmpp-2m-sde at 20 steps on a logSNR grid, the best 20-NFE sampler of the shipped "
+                   "mnist model; about 0.2 s per MNIST sample on 2 CPU cores)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="sampling steps (default: all T for ddpm, 1 for cm, 50 for the others)")
+                   help="sampling steps (default: 20 for the recommended sampler; for one you name, all T for ddpm, "
+                   "1 for cm, 50 for the others)")
     p.add_argument("--timesteps", type=timestep_list, default=None,
                    help="an explicit descending grid instead of --steps, e.g. 999,500 (fractional allowed)")
     p.add_argument("--nfe", type=positive_int, default=None,
@@ -250,6 +254,14 @@ def plan_from_args(args, model):
     --clip and --threshold describe, checked against the model: every error is raised here,
     before any sampling."""
     options = {k: getattr(args, k) for k in all_sampler_options() if getattr(args, k) is not None}
+    placed = any(v is not None for v in (args.steps, args.nfe, args.timesteps))
+    recommended = model.recommended() if args.sampler is None else {}
+    if args.sampler is None:  # the model's recommended plan, where the user's flags leave room
+        args.sampler = recommended.pop("sampler")
+        if placed:
+            recommended.pop("steps", None)
+        if args.spacing is not None or args.timesteps is not None:
+            recommended.pop("spacing", None)
     valid = sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
     for k in options:
         if k not in valid:
@@ -259,8 +271,8 @@ def plan_from_args(args, model):
         raise ValueError("give only one of --steps, --nfe and --timesteps")
     if args.timesteps is not None and args.spacing is not None:
         raise ValueError(f"--spacing {args.spacing} and --timesteps both place the steps; give one of them")
-    return model.plan(sampler=args.sampler, steps=args.steps, nfe=args.nfe, timesteps=args.timesteps,
-                      spacing=args.spacing, clip=args.clip, threshold=args.threshold, classes=args.classes,
+    return model.plan(sampler=args.sampler, steps=recommended.get("steps", args.steps), nfe=args.nfe,
+                      timesteps=args.timesteps, spacing=recommended.get("spacing", args.spacing), clip=args.clip, threshold=args.threshold, classes=args.classes,
                       guidance=args.guidance, guidance_interval=args.guidance_interval,
                       guidance_rescale=args.guidance_rescale, **options)
 
@@ -356,8 +368,9 @@ def model_out(args) -> pathlib.Path | None:
 
 
 def progress_bar(total: int, unit: str, desc: str, quiet: bool):
-    """A tqdm bar, or None with --quiet."""
-    if quiet:
+    """A tqdm bar (rate and ETA) on stderr, or None with --quiet or where stderr is not a terminal
+    (a log file gets no bar lines)."""
+    if quiet or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 

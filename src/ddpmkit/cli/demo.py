@@ -9,8 +9,11 @@ from .common import FMT, add_quiet, check_writable, positive_int
 
 
 def add_parser(sub) -> None:
+    from ..measure.demo import ROWS
+
+    runs = ", ".join(label for label, model, *_ in ROWS if model == "mnist")  # what the demo runs, as it runs it
     p = sub.add_parser("demo", formatter_class=FMT, help="the shipped MNIST models with several samplers, same seeds",
-                       description="Sample the shipped MNIST DDPM (DDIM, UniPC, DDPM) and its consistency model on the "
+                       description=f"Sample the shipped MNIST DDPM ({runs}) and its consistency model on the "
                        "same seeds; write an image grid and a table of NFE, wall time and FID (now, on --num samples, "
                        "beside the data floor at that size; and on 10k samples, from the model card). With --exact: "
                        "the exact denoiser of the 8x8 digits instead, and the distance of each sample to the data.")

@@ -4,7 +4,7 @@ For each (sampler, NFE): FID with its bootstrap error and its paired difference 
 row, IS, KID, precision, recall (``score_features`` against the shipped reference, with the data
 floor), the NFE actually spent, seconds per image, images/s and the process's peak memory; written
 as markdown, CSV and JSON, with plots of FID against NFE and against wall time, a grid of the same
-seeds per sampler, and a trajectory figure (x_t and x0_hat along the steps) for DDPM against DDIM.
+seeds per sampler, and optionally a trajectory figure (x_t and x0_hat along the steps) of each sampler.
 
 Sampler specs: ``NAME[@SPACING][:KEY=VALUE,...]``, KEY a sampler option or the denoiser's ``clip``,
 ``threshold``, ``guidance``, ``guidance_rescale`` or ``guidance_interval`` (``ddim:eta=0.5``,
@@ -125,14 +125,14 @@ def peak_rss_mb() -> float:
 
 
 def run(model, ref: Reference, rows: list[Row], *, num: int, seed: int, cache_dir, batch_size: int = 250,
-        device="cpu", log=print) -> list[dict]:
+        device="cpu", log=print, progress=None) -> list[dict]:
     """Every planned row sampled (through the cache) and scored; one dict per row, with
-    ``fid_vs_best`` (``compare_to_best``)."""
+    ``fid_vs_best`` (``compare_to_best``). ``progress(count)`` as samples are made or read."""
     results, features = [], []
     for r in rows:
         plan = r.plan
         levels, info = generate(model, plan, num=num, seed=seed, levels=ref.levels, cache_dir=cache_dir,
-                                batch_size=batch_size, device=device)
+                                batch_size=batch_size, device=device, progress=progress)
         if device != "cpu" and torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
@@ -200,13 +200,18 @@ def write(out_dir, rows: list[dict], floor: dict, header: str) -> None:
         report.plot_fid(rows, floor, out / "fid.png")
 
 
-def figures(model, rows: list[Row], out_dir, seed: int) -> None:
-    """samples.png (where there are rows) and trajectories.png in ``out_dir``: the figures that
-    sample the model again, from the planned ``rows`` (``write`` draws fid.png from the results)."""
+def figures(model, rows: list[Row], out_dir, seed: int, with_trajectories: bool = False) -> list[str]:
+    """samples.png (where there are rows) and, ``with_trajectories``, trajectories.png in ``out_dir``:
+    the figures that sample the model again, from the planned ``rows`` (``write`` draws fid.png from
+    the results). Returns the names of the files written."""
     out = pathlib.Path(out_dir)
-    if rows:
-        sample_grids(model, rows, out, seed)
-    trajectories(model, out, seed)
+    if not rows:
+        return []
+    sample_grids(model, rows, out, seed)
+    if not with_trajectories:
+        return ["samples.png"]
+    trajectories(model, rows, out, seed)
+    return ["samples.png", "trajectories.png"]
 
 
 def sample_grids(model, rows: list[Row], out: pathlib.Path, seed: int, show: int = 16) -> None:
@@ -221,15 +226,20 @@ def sample_grids(model, rows: list[Row], out: pathlib.Path, seed: int, show: int
                out / "samples.png")
 
 
-def trajectories(model, out: pathlib.Path, seed: int, frames: int = 10) -> None:
-    """x_t and x0_hat along the steps of one seed: DDPM (1000 steps) against DDIM (50 steps)."""
-    rows, labels = [], []
-    for name, steps in (("ddpm", model.schedule.T), ("ddim", 50)):
+def trajectories(model, rows: list[Row], out: pathlib.Path, seed: int, frames: int = 10) -> None:
+    """x_t and x0_hat along the steps of one seed, for every sampler spec of ``rows`` at its last NFE
+    budget (at most ``frames`` steps of each, evenly spaced; shorter rows padded with blank tiles)."""
+    last = {r.label: r.plan for r in rows}
+    strips, labels = [], []
+    for label, plan in last.items():
         xs, x0s = [], []
-        keep = set(torch.linspace(0, steps - 1, frames).round().long().tolist())
-        model.sample(model.plan(sampler=name, steps=steps, spacing="trailing"), seeds=[seed],
+        keep = set(torch.linspace(0, plan.steps - 1, min(frames, plan.steps)).round().long().tolist())
+        model.sample(plan, seeds=[seed],
                      callback=lambda i, t, x, x0: (xs.append(x[0]), x0s.append(x0[0])) if i in keep else None)
-        rows += [torch.stack(xs), torch.stack(x0s)]
-        labels += [f"{name} {steps}: x_t", f"{name} {steps}: x0_hat"]
-    save_image(labelled_grid(rows, labels, scale=grid_scale(model.shape[1]), data_range=model.data_range),
+        strips += [torch.stack(xs), torch.stack(x0s)]
+        labels += [f"{label} ({plan.nfe}): x_t", f"{label} ({plan.nfe}): x0_hat"]
+    width = max(len(s) for s in strips)
+    blank = torch.full((1, *model.shape), model.data_range[0])
+    strips = [torch.cat([s, blank.expand(width - len(s), *model.shape)]) for s in strips]
+    save_image(labelled_grid(strips, labels, scale=grid_scale(model.shape[1]), data_range=model.data_range),
                out / "trajectories.png")

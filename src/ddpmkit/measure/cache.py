@@ -82,7 +82,8 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
              batch_size: int = 250, device="cpu", progress=None) -> tuple[np.ndarray, dict]:
     """Samples of ``model`` (a ``LoadedModel``) under ``plan`` for seeds seed .. seed+num-1, as
     uint8 grey levels 0..levels, chunk by chunk, from the cache where a chunk is there already.
-    ``progress(count)`` is called after each chunk. Returns (levels array, info with ``nfe`` per
+    ``progress(count)`` is called after each batch sampled and each chunk read. Returns (levels
+    array, info with ``nfe`` per
     sample, ``seconds`` spent sampling (as measured when each chunk was made), ``cached`` (samples
     read from the cache) and ``cache`` (the folder))."""
     folder = cache_folder(model, plan, levels, cache_dir)
@@ -96,10 +97,18 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
         if found is not None:
             part, secs, used = found
             cached += count
+            if progress is not None:
+                progress(count)
         else:
             start = time.perf_counter()
-            x, info = model.sample(plan, seeds=range(first, first + count), batch_size=batch_size, device=device,
-                                   return_info=True)
+            xs = []
+            for lo in range(first, first + count, batch_size):  # the batches model.sample would make, one by one
+                xb, info = model.sample(plan, seeds=range(lo, min(lo + batch_size, first + count)),
+                                        batch_size=batch_size, device=device, return_info=True)
+                xs.append(xb)
+                if progress is not None:
+                    progress(len(xb))
+            x = torch.cat(xs)
             bad = (~torch.isfinite(x.flatten(1))).any(1)
             if bad.any():  # quantising would clamp NaN and inf into grey levels and score them as images
                 seeds = [first + int(i) for i in bad.nonzero().flatten()[:3]]
@@ -114,6 +123,4 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
         parts.append(part)
         seconds += secs
         nfe = used
-        if progress is not None:
-            progress(count)
     return np.concatenate(parts), {"nfe": nfe, "seconds": seconds, "cached": cached, "cache": str(folder)}

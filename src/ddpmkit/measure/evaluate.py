@@ -30,7 +30,7 @@ def evaluate(model, plan, *, num: int, seed: int, ref: Reference | None, cache_d
     explicit or tuned, else None. With ``inception`` (an ``inception.InceptionSetup``) the report
     also holds the usual Inception FID and IS; with it, ``ref`` may be None (a model whose data has
     no shipped feature network): the samples are then quantised to 8 bits and scored by Inception
-    alone. ``progress(count)`` is called after each chunk."""
+    alone. ``progress(count)`` is called as samples are made or read (``cache.generate``)."""
     if ref is None and inception is None:
         raise ValueError("evaluate needs a reference (a shipped feature network) or an Inception setup, or both")
     num_levels = ref.levels if ref is not None else IMAGE_LEVELS

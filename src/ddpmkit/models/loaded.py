@@ -77,6 +77,16 @@ class LoadedModel:
                              "be sampled with classifier-free guidance; --guidance 1 (the default) samples it")
         return plan
 
+    def recommended(self) -> dict:
+        """The plan options that sample this model well and fast when the user names no sampler:
+        ``cm`` for a consistency model (its tuned grid where it has one), else SDE-DPM-Solver++(2M)
+        at 20 steps, the best 20-NFE sampler of the shipped mnist model (FID 12.94 on 10k samples),
+        on a logSNR grid unless the model's scheduler config names its own grid."""
+        if self.config.get("net", {}).get("arch") == "consistency":
+            return {"sampler": "cm"}
+        grid = {} if "spacing" in self.defaults else {"spacing": "logsnr"}
+        return {"sampler": "dpmpp-2m-sde", "steps": 20, **grid}
+
     def _with_defaults(self, sampler: str, options: dict) -> dict:
         """The user's options over the model's defaults. The default grid applies where the user
         places none; clipping and thresholding are one choice, so giving either replaces the
