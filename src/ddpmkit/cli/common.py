@@ -367,11 +367,11 @@ def model_out(args) -> pathlib.Path | None:
     return out
 
 
-def progress_bar(total: int, unit: str, desc: str, quiet: bool):
+def progress_bar(total: int, unit: str, desc: str, quiet: bool, leave: bool = True):
     """A tqdm bar (rate and ETA) on stderr, or None with --quiet or where stderr is not a terminal
-    (a log file gets no bar lines)."""
+    (a log file gets no bar lines). ``leave=False`` clears it when done."""
     if quiet or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
-from .common import FMT, add_quiet, check_writable, positive_int
+from .common import FMT, add_quiet, check_writable, positive_int, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -48,7 +48,13 @@ def run(args) -> None:
     if not args.quiet:
         print(f"Sampling {what}:")
     out.parent.mkdir(parents=True, exist_ok=True)  # the checks are behind us; what follows writes
-    results = run_demo(str(out), num=args.num, quiet=args.quiet)
+    if args.exact:
+        results = run_demo(str(out), num=args.num, quiet=args.quiet)
+    else:
+        def steps_bar(label, total):
+            return progress_bar(total, "step", f"  {label}", args.quiet, leave=False)
+
+        results = run_demo(str(out), num=args.num, quiet=args.quiet, steps_bar=steps_bar)
     table = markdown_table(results, args.num)
     flags = " --exact" if args.exact else ""
     text = f"Made by `ddpmkit demo{flags} --out {out} --num {args.num}` on {describe_machine()}.\n\n{table}\n"

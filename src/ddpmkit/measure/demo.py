@@ -38,9 +38,10 @@ def shipped_results() -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) -> list[dict]:
+def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False, steps_bar=None) -> list[dict]:
     """Every row of ``ROWS`` on seeds 0..num-1: NFE, seconds, FID against the shipped MNIST
-    reference; the first ``show`` samples of each row go to the grid ``out_png``."""
+    reference; the first ``show`` samples of each row go to the grid ``out_png``. ``steps_bar(label,
+    total)``, where given, returns a bar for the row's sampler steps (``update(1)``, ``close()``)."""
     ref = load_reference("mnist")
     models, rows, results = {}, [], []
     shipped = shipped_results()
@@ -56,7 +57,11 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False) 
             continue
         start = time.perf_counter()
         plan = m.plan(sampler=sampler, steps=steps, spacing=spacing, **opts)
-        x, info = m.sample(plan, seeds=range(num), batch_size=100, return_info=True)
+        bar = steps_bar(label, plan.steps * -(-num // 100)) if steps_bar is not None else None
+        x, info = m.sample(plan, seeds=range(num), batch_size=100, return_info=True,
+                           callback=(lambda *a: bar.update(1)) if bar is not None else None)
+        if bar is not None:
+            bar.close()
         seconds = time.perf_counter() - start
         s = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False)
         results.append({"sampler": label, "model": name, "timesteps": plan.timesteps, "nfe": info["nfe"],
