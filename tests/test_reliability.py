@@ -86,3 +86,33 @@ def test_torchrun_is_refused_until_several_processes_are_supported(cli_error, mo
     monkeypatch.setenv("WORLD_SIZE", "2")
     err = cli_error("train", "--dataset", "digits", "--out", tmp_path / "run")
     assert "WORLD_SIZE=2: ddpmkit runs in one process" in err and not (tmp_path / "run").exists()
+
+
+def test_kill_9_during_eval_resumes_from_the_cached_chunks(tmp_path):
+    """eval killed (SIGKILL) after its first 500-sample chunk: the rerun reads that chunk, samples
+    the rest, and leaves no temporary file in the cache."""
+    import json
+    import signal
+    import time
+
+    from ddpmkit.train import train
+
+    model = train(tmp_path / "run", {"dataset": "digits", "net": "tiny", "steps": 2, "batch_size": 16}, quiet=True)
+    cache, out = tmp_path / "cache", tmp_path / "e.json"
+    argv = [sys.executable, "-m", "ddpmkit", "eval", "--model", str(model), "--sampler", "ddim", "--steps", "2",
+            "--num", "600", "--batch-size", "100", "--cache", str(cache), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300  # generous for a loaded machine
+        while time.monotonic() < deadline and not list(cache.glob("*/seeds-*-00500.npz")) and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if out.exists():
+        pytest.skip("eval finished before it could be killed")
+    assert list(cache.glob("*/seeds-*.npz")), "eval wrote no chunk in 300 s"
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["cached_samples"] >= 500
+    assert not list(cache.rglob(".*.tmp*"))
