@@ -157,3 +157,12 @@ def test_dtype_and_device_kept():
     x = sample(MODEL, SCHED, sampler="ddpm", steps=3, shape=(2, *SHAPE), dtype=torch.float64)
     assert x.dtype == torch.float64 and x.device.type == "cpu" and x.shape == (2, *SHAPE)
     assert sample(TinyNet(), SCHED, sampler="ddim", steps=3, shape=(2, *SHAPE)).dtype == torch.float32
+
+
+def test_the_recommended_plan_is_fast_and_good():
+    """What sample, eval and bench run when no sampler is named: the shipped mnist model's best
+    20-NFE sampler (dpmpp-2m-sde on logSNR, FID 12.94 on 10k samples), cm for a consistency model."""
+    from ddpmkit.models import load_model
+
+    assert load_model("mnist").recommended() == {"sampler": "dpmpp-2m-sde", "steps": 20, "spacing": "logsnr"}
+    assert load_model("mnist-cm").recommended() == {"sampler": "cm"}
