@@ -26,12 +26,14 @@ def test_exact_draws_score_as_the_truth():
     assert distribution_errors(blurred, gm, proj)["on_component"] == 0.0
 
 
+@pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")  # diffusers' DEIS
 def test_tiny_run_has_every_row():
     digits = torch.randn(50, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     gm = image_mixture(digits, 8, 0.2)
     result = run(gm, NoiseSchedule("linear", 1000), nfes=(5, 10), num=8, reference_steps=100, log=lambda *a: None)
     labels = {r["sampler"] for r in result["rows"]}
-    assert {"ddim", "heun", "dpmpp-3m", "unipc-3 bh1", "diffusers DDIM", "diffusers UniPC"} <= labels
+    assert {"ddim", "heun", "dpmpp-3m", "unipc-3 bh1", "ipndm", "deis-3", "diffusers DDIM", "diffusers UniPC",
+            "diffusers DEIS"} <= labels
     ddim = {(r["sampler"], r["nfe"]): r["rms_error"] for r in result["rows"] if "DDIM" in r["sampler"] or r["sampler"] == "ddim"}
     # the same algorithm on the same grid, the same error (diffusers' DDIM steps to t - T // n, which
     # is the next trailing grid point only when n divides T, as 5 and 10 do)

@@ -53,6 +53,10 @@ OURS = [
     ("unipc-2 bh2", "unipc", {"order": 2, "variant": "bh2"}, "logsnr", True),
     ("unipc-3 bh1", "unipc", {"order": 3, "variant": "bh1"}, "trailing", True),
     ("unipc-3 bh1", "unipc", {"order": 3, "variant": "bh1"}, "logsnr", True),
+    ("ipndm", "ipndm", {}, "trailing", True),
+    ("ipndm", "ipndm", {}, "logsnr", True),
+    ("deis-3", "deis", {}, "trailing", True),
+    ("deis-3", "deis", {}, "logsnr", True),
     ("restart", "restart", {}, "karras", False),
     ("ddpm small", "ddpm", {"variance": "small"}, "trailing", False),
     ("ddpm optimal", "ddpm", {"variance": "optimal"}, "trailing", False),
@@ -68,6 +72,7 @@ DIFFUSERS = [
     ("diffusers DPM++ 2M", "DPMSolverMultistepScheduler", {"solver_order": 2}, True),
     ("diffusers DPM++ 3M", "DPMSolverMultistepScheduler", {"solver_order": 3}, True),
     ("diffusers UniPC", "UniPCMultistepScheduler", {}, True),
+    ("diffusers DEIS", "DEISMultistepScheduler", {"solver_order": 3}, True),
     ("diffusers Euler a", "EulerAncestralDiscreteScheduler", {}, False),
 ]
 
