@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
                        "class in turn, and its table has the class accuracy).")
     add_model(p)
     p.add_argument("--samplers", default="ddim,dpmpp-2m-sde@logsnr,unipc@logsnr", help="comma-separated sampler specs")
-    p.add_argument("--nfe", default="10,20", help="comma-separated NFE budgets (the defaults, at the default --num, "
-                   "take about 8 minutes on 2 CPU cores for the shipped mnist model)")
+    p.add_argument("--nfe", default="10,20", help="comma-separated NFE budgets (the defaults, at the default --num: "
+                   "45,000 network evaluations, about 7 minutes for MNIST at 8.7 ms per image on 2 CPU cores)")
     p.add_argument("--preset", default=None, help="ddim-table: eta 0, 0.2, 0.5, 1 and the large variance at 10-1000 "
                    "steps (the DDIM paper's Table 1); replaces --samplers and --nfe")
     p.add_argument("--num", type=positive_int, default=500, help="samples per sampler and NFE")
