@@ -20,11 +20,11 @@ from .schedule import NoiseSchedule
 
 
 def estimate_eps_moment(model: Callable, schedule: NoiseSchedule, data: torch.Tensor, *, prediction: str = "eps",
-                        num_timesteps: int = 100, batch_size: int = 256, seed: int = 0) -> np.ndarray:
+                        num_timesteps: int = 100, batch_size: int = 256, seed: int = 0, progress=None) -> np.ndarray:
     """Gamma_t for t = 0..T-1: at ``num_timesteps`` evenly spaced timesteps (always including 0
     and T-1) the mean of ||eps_hat||^2 / d over every image of ``data`` (each noised with its own
     draw), linearly interpolated in between (Gamma_t is smooth in t). Cost: num_timesteps x
-    len(data) network evaluations."""
+    len(data) network evaluations. ``progress(1)`` after each timestep."""
     if data.ndim < 2 or len(data) < 1:
         raise ValueError("data must be a batch of at least one sample")
     if not 2 <= num_timesteps <= schedule.T:
@@ -45,11 +45,13 @@ def estimate_eps_moment(model: Callable, schedule: NoiseSchedule, data: torch.Te
                 total += eps_hat.double().pow(2).flatten(1).mean(1).sum().item()
                 count += len(x0)
             values.append(total / count)
+            if progress is not None:
+                progress(1)
     return np.interp(np.arange(schedule.T), ts, values)
 
 
 def eps_moment_of_model(model, dataset: str, data_dir=None, *, num: int = 1000, timesteps: int = 100,
-                        batch_size: int = 256, seed: int = 0) -> tuple[np.ndarray, dict]:
+                        batch_size: int = 256, seed: int = 0, progress=None) -> tuple[np.ndarray, dict]:
     """(Gamma_t table, info) of a loaded model (``models.load_model``: its ``net``, ``schedule``,
     ``prediction``, ``shape``, ``device``) over ``num`` images of ``dataset`` chosen by ``seed``, estimated at
     ``timesteps`` timesteps (``estimate_eps_moment``); info records the dataset, images, timesteps
@@ -68,7 +70,7 @@ def eps_moment_of_model(model, dataset: str, data_dir=None, *, num: int = 1000, 
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:num]
     x0 = data.batch(idx).to(model.device)
     moment = estimate_eps_moment(model.net, model.schedule, x0, prediction=model.prediction,
-                                 num_timesteps=timesteps, batch_size=batch_size, seed=seed)
+                                 num_timesteps=timesteps, batch_size=batch_size, seed=seed, progress=progress)
     return moment, {"dataset": data.name, "images": len(x0), "timesteps": timesteps, "seed": seed}
 
 

@@ -75,14 +75,15 @@ def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Seq
 
 def tune(model, sampler: str, steps_list: Sequence[int], *, candidates: Sequence[float] | None = None, num: int,
          seed: int, ref, cache_dir: str | os.PathLike, batch_size: int = 250, device="cpu",
-         log: Callable[[str], None] = print, show: Callable[[str], None] | None = None) -> dict[int, dict]:
+         log: Callable[[str], None] = print, show: Callable[[str], None] | None = None,
+         progress=None) -> dict[int, dict]:
     """``ddpmkit tune``: for each step count, ``search_grid`` over grids of ``candidates`` (default:
     the trailing grid of 10 steps) with the FID of ``num`` samples from seeds seed.. as the objective
     (sampled through the cache with each grid as explicit timesteps, scored against ``ref``).
     ``log`` gets the search's progress; ``show``, where given, the line ``found_line`` makes
     for each step count as soon as it is found (``ddpmkit tune`` prints it even when quiet). Returns {steps:
     {"timesteps", "fid", "num", "seed", "feature_net", "candidates", "grids_measured"}}, what
-    ``models.store_tuned_grids`` stores."""
+    ``models.store_tuned_grids`` stores. ``progress(count)`` as samples are made or read."""
     from . import samplers
     from .measure import generate, score
 
@@ -100,7 +101,7 @@ def tune(model, sampler: str, steps_list: Sequence[int], *, candidates: Sequence
     def fid(grid):
         plan = model.plan(sampler=sampler, timesteps=list(grid))
         levels, _ = generate(model, plan, num=num, seed=seed, levels=ref.levels, cache_dir=cache_dir,
-                             batch_size=batch_size, device=device)
+                             batch_size=batch_size, device=device, progress=progress)
         return score(levels, ref, precision_recall=False, standard_error=False)["fid"]
 
     found = {}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .common import (FMT, OUT_MODEL_HELP, add_device, add_model, load_model_from_args, model_out, nonneg_int,
-                     positive_int)
+from .common import (FMT, OUT_MODEL_HELP, add_device, add_model, add_quiet, load_model_from_args, model_out,
+                     nonneg_int, positive_int, progress_bar)
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the image choice and the noise")
     add_device(p)
     p.add_argument("--out", default=None, help=OUT_MODEL_HELP)
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -30,8 +31,12 @@ def run(args) -> None:
 
     out = model_out(args)
     model = load_model_from_args(args)
+    bar = progress_bar(args.timesteps, "timestep", f"eps moments over {args.num} images", args.quiet)
     moment, info = eps_moment_of_model(model, args.dataset, args.data_dir, num=args.num, timesteps=args.timesteps,
-                                       batch_size=args.batch_size, seed=args.seed)
+                                       batch_size=args.batch_size, seed=args.seed,
+                                       progress=bar.update if bar else None)
+    if bar:
+        bar.close()
     file = store_eps_moment(model.path, moment, info, out)
     print(f"stored Analytic-DPM's eps moments ({info['images']} images x {args.timesteps} timesteps) in {file}; "
           f"Gamma ranges {moment.min():.4f}..{moment.max():.4f}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .common import (FMT, OUT_MODEL_HELP, add_batch_size, add_device, add_measure, add_model, add_quiet, add_seed,
-                     check_measure, load_model_from_args, model_out, positive_int, positive_int_list, timestep_list)
+                     check_measure, load_model_from_args, model_out, positive_int, positive_int_list, progress_bar,
+                     timestep_list)
 
 
 def add_parser(sub) -> None:
@@ -43,9 +44,13 @@ def run(args) -> None:
     steps_list = sorted(set(positive_int_list("--steps", args.steps)))
     model = load_model_from_args(args)
     ref = measure.reference_for(model, args.feature_net)
+    bar = progress_bar(None, "img", f"tune {args.sampler}", args.quiet)  # the search decides how many grids
     found = tune(model, args.sampler, steps_list, candidates=args.candidates, num=args.num, seed=args.seed, ref=ref,
                  cache_dir=args.cache, batch_size=args.batch_size, device=args.device,
-                 log=(lambda *a: None) if args.quiet else print, show=print)
+                 log=(lambda *a: None) if args.quiet else (bar.write if bar is not None else print),
+                 show=bar.write if bar is not None else print, progress=bar.update if bar is not None else None)
+    if bar is not None:  # a bar without a total has no truth value
+        bar.close()
     file = store_tuned_grids(model.path, args.sampler, found, out)
     print(f"stored the tuned grids in {file}; sample, eval, bench and demo use them unless --spacing or "
           f"--timesteps says otherwise")
