@@ -40,6 +40,19 @@ def pytest_runtest_setup(item):
 
 
 # -- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny networks: as fast as two there, and immune to the
+    OpenMP slow-downs (100x seen) of two threads when other processes share the cores. Take it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def mnist_dir():
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():

@@ -38,6 +38,9 @@ from conftest import diffusers  # without diffusers, a stand-in that skips the t
 
 pytestmark = [
     pytest.mark.needs_diffusers,
+    # a 177k-parameter net on 8x8 images: two threads cost far more than they save (measured 15 ms
+    # against 680 ms a call on a busy two-core machine)
+    pytest.mark.usefixtures("one_thread"),
     # diffusers' k-diffusion schedulers call np.log on tensors, which NumPy 2 deprecates
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
@@ -72,16 +75,6 @@ MATRIX_CONFIGS = ("eps-linear", "v-cosine", "eps-linear-clip", "x0-cosine-clip")
 
 def rel(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return ((ours.double() - theirs.double()).norm() / theirs.double().norm()).item()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # a 177k-parameter net on 8x8 images: two threads cost far more than they save (measured 15 ms
-    # against 680 ms a call on a busy two-core machine)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,18 @@ def our_sigmas(grid):
     return np.append(np.sqrt((1 - ab) / ab), 0.0)
 
 
+def on_our_grid(cls, steps, **kw):
+    """(diffusers' multistep scheduler ``cls`` on our trailing grid of ``steps``, the grid): its
+    timesteps checked to be ours, its sigmas replaced by ours in float64 (so both sides compute alike)."""
+    sched = getattr(diffusers, cls)(num_train_timesteps=1000, trained_betas=SCHED.betas.tolist(),
+                                    timestep_spacing="trailing", **kw)
+    sched.set_timesteps(steps)
+    grid = SCHED.grid(steps, "trailing")
+    np.testing.assert_array_equal(sched.timesteps.numpy(), grid)
+    sched.sigmas = torch.tensor(our_sigmas(grid))
+    return sched, grid
+
+
 @pytest.mark.parametrize("steps", [10, 25])
 @pytest.mark.parametrize("name,cls,kw", [
     ("euler", "EulerDiscreteScheduler", {}),
@@ -150,14 +162,8 @@ def test_edm_family_parity(steps, name, cls, kw):
 @pytest.mark.parametrize("name,order,algorithm", [("dpmpp-2m", 2, "dpmsolver++"), ("dpmpp-3m", 3, "dpmsolver++"),
                                                   ("dpmpp-2m-sde", 2, "sde-dpmsolver++")])
 def test_dpm_solver_parity(steps, name, order, algorithm):
-    sched = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=1000, trained_betas=SCHED.betas.tolist(), timestep_spacing="trailing",
-        solver_order=order, algorithm_type=algorithm, solver_type="midpoint", final_sigmas_type="zero",
-        lower_order_final=True)
-    sched.set_timesteps(steps)
-    grid = SCHED.grid(steps, "trailing")
-    np.testing.assert_array_equal(sched.timesteps.numpy(), grid)
-    sched.sigmas = torch.tensor(our_sigmas(grid))  # float64, so both sides compute alike
+    sched, grid = on_our_grid("DPMSolverMultistepScheduler", steps, solver_order=order, algorithm_type=algorithm,
+                              solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True)
     x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     model = MIX.model(SCHED, "eps")
     sde = algorithm.startswith("sde")
@@ -169,13 +175,8 @@ def test_dpm_solver_parity(steps, name, order, algorithm):
 @pytest.mark.parametrize("steps", [5, 10, 20])
 @pytest.mark.parametrize("order,variant", [(1, "bh2"), (2, "bh1"), (2, "bh2"), (3, "bh1"), (3, "bh2")])
 def test_unipc_parity(steps, order, variant):
-    sched = diffusers.UniPCMultistepScheduler(
-        num_train_timesteps=1000, trained_betas=SCHED.betas.tolist(), timestep_spacing="trailing",
-        solver_order=order, solver_type=variant, predict_x0=True, lower_order_final=True, final_sigmas_type="zero")
-    sched.set_timesteps(steps)
-    grid = SCHED.grid(steps, "trailing")
-    np.testing.assert_array_equal(sched.timesteps.numpy(), grid)
-    sched.sigmas = torch.tensor(our_sigmas(grid))
+    sched, grid = on_our_grid("UniPCMultistepScheduler", steps, solver_order=order, solver_type=variant,
+                              predict_x0=True, lower_order_final=True, final_sigmas_type="zero")
     x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     model = MIX.model(SCHED, "eps")
     states = []
@@ -249,12 +250,7 @@ def test_deis_parity(steps, order):
     # diffusers' DEISMultistepScheduler ("logrho") on our grid and sigmas: every state it feeds the
     # model agrees with ours. Its last step into sigma = 0 is 0 * inf (NaN) where ours, first order
     # into clean data, returns x0_hat of the last state (as DPM-Solver++ does).
-    sched = diffusers.DEISMultistepScheduler(num_train_timesteps=1000, trained_betas=SCHED.betas.tolist(),
-                                            timestep_spacing="trailing", solver_order=order, lower_order_final=True)
-    sched.set_timesteps(steps)
-    grid = SCHED.grid(steps, "trailing")
-    np.testing.assert_array_equal(sched.timesteps.numpy(), grid)
-    sched.sigmas = torch.tensor(our_sigmas(grid))
+    sched, grid = on_our_grid("DEISMultistepScheduler", steps, solver_order=order, lower_order_final=True)
     x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     model = MIX.model(SCHED, "eps")
     states, seen = [], []

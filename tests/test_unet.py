@@ -9,14 +9,7 @@ import torch
 from ddpmkit.nets import PRESETS, UNet, build_unet, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These nets are tiny: one thread is as fast, and immune to OpenMP slow-downs (100x seen) when
-    other processes share the two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # these nets are tiny (conftest.py)
 
 
 def perturbed(net: UNet, seed: int = 0) -> UNet:

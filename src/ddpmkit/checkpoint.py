@@ -78,10 +78,15 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -
     module.load_state_dict(tensors, strict=True)
 
 
+def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
+    """The names of ``module``'s floating-point tensors that hold NaN or inf."""
+    return [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def check_finite(module: torch.nn.Module, path) -> None:
     """A CheckpointError naming the first tensor of ``module`` that holds NaN or inf: such weights
     (a diverged run's) make samples and metrics meaningless."""
-    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = nonfinite_tensors(module)
     if bad:
         raise CheckpointError(f"{path}: tensor {bad[0]!r} holds NaN or inf ({len(bad)} tensors in all), so the model "
                               "cannot be sampled; use a checkpoint from before training diverged")

@@ -50,6 +50,14 @@ def labelled_grid(rows: Sequence[torch.Tensor], labels: Sequence[str], *, scale:
     return grid
 
 
+def pad_rows(rows: Sequence[torch.Tensor], value: float) -> list[torch.Tensor]:
+    """Rows of images (each (N, C, H, W)) made as long as the longest by tiles of ``value`` (the
+    data range's low end: blank), as ``labelled_grid`` lays every row out on one width."""
+    width = max(len(r) for r in rows)
+    blank = torch.full((1, *rows[0].shape[1:]), value, dtype=rows[0].dtype)
+    return [torch.cat([r, blank.expand(width - len(r), *r.shape[1:])]) for r in rows]
+
+
 def grid_scale(height: int) -> int:
     """Upscaling factor so small images (8x8 digits) stay visible in a grid: tiles of >= 32 px."""
     return max(1, 32 // height)
@@ -102,11 +110,8 @@ def write_samples(x: torch.Tensor, seeds: Sequence[int], out: str | os.PathLike,
         else:
             names = sorted(set(labels))
             rows = [x[[i for i, y in enumerate(labels) if y == c]] for c in names]
-        side = max(len(r) for r in rows)
-        blank = torch.full((1, *x.shape[1:]), data_range[0])  # pad short rows with the lowest value
-        rows = [torch.cat([r, blank.expand(side - len(r), *x.shape[1:])]) for r in rows]
         text = [""] * len(rows) if names is None else [str(c) for c in names]
-        save_image(labelled_grid(rows, text, scale=grid_scale(x.shape[2]), data_range=data_range), out)
+        save_image(labelled_grid(pad_rows(rows, data_range[0]), text, scale=grid_scale(x.shape[2]), data_range=data_range), out)
     elif kind == "dir":
         written = []
         try:

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from .checkpoint import load_into, load_tensors, read_config, save_checkpoint
+from .checkpoint import load_into, load_tensors, nonfinite_tensors, read_config, save_checkpoint
 from .data import DATA_RANGE, ImageDataset, load_dataset
 from .files import remove_stale_temps, write_text
 from .images import grid_scale, labelled_grid, save_image
@@ -287,7 +287,7 @@ class Trainer:
         """Write the checkpoint and the model file, atomically; never weights that are not finite
         (the files already there stay as they are)."""
         for name, module in self.modules().items():
-            bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            bad = nonfinite_tensors(module)
             if bad:
                 raise ValueError(f"step {self.step}: the {name} weights are not finite ({bad[0]!r} and "
                                  f"{len(bad) - 1} more); {self.out / CHECKPOINT} is left as it was")

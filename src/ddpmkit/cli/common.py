@@ -254,27 +254,26 @@ def plan_from_args(args, model):
     --clip and --threshold describe, checked against the model: every error is raised here,
     before any sampling."""
     options = {k: getattr(args, k) for k in all_sampler_options() if getattr(args, k) is not None}
-    placed = any(v is not None for v in (args.steps, args.nfe, args.timesteps))
-    recommended = model.recommended() if args.sampler is None else {}
-    if args.sampler is None:  # the model's recommended plan, where the user's flags leave room
-        args.sampler = recommended.pop("sampler")
-        if placed:
-            recommended.pop("steps", None)
-        if args.spacing is not None or args.timesteps is not None:
-            recommended.pop("spacing", None)
-    valid = sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
+    sampler, steps, spacing = args.sampler, args.steps, args.spacing
+    if sampler is None:  # the model's recommended plan, where the user's flags leave room
+        recommended = model.recommended()
+        sampler = recommended["sampler"]
+        if args.steps is None and args.nfe is None and args.timesteps is None:
+            steps = recommended.get("steps")
+        if spacing is None and args.timesteps is None:
+            spacing = recommended.get("spacing")
+    valid = sampler_options(sampler)  # an unknown sampler is an error that lists the valid ones
     for k in options:
         if k not in valid:
-            raise ValueError(f"--{k.replace('_', '-')} does not apply to sampler {args.sampler!r}; "
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to sampler {sampler!r}; "
                              f"its options: {', '.join('--' + o for o in valid) or 'none'}")
     if sum(v is not None for v in (args.steps, args.nfe, args.timesteps)) > 1:
         raise ValueError("give only one of --steps, --nfe and --timesteps")
     if args.timesteps is not None and args.spacing is not None:
         raise ValueError(f"--spacing {args.spacing} and --timesteps both place the steps; give one of them")
-    return model.plan(sampler=args.sampler, steps=recommended.get("steps", args.steps), nfe=args.nfe,
-                      timesteps=args.timesteps, spacing=recommended.get("spacing", args.spacing), clip=args.clip, threshold=args.threshold, classes=args.classes,
-                      guidance=args.guidance, guidance_interval=args.guidance_interval,
-                      guidance_rescale=args.guidance_rescale, **options)
+    return model.plan(sampler=sampler, steps=steps, nfe=args.nfe, timesteps=args.timesteps, spacing=spacing,
+                      clip=args.clip, threshold=args.threshold, classes=args.classes, guidance=args.guidance,
+                      guidance_interval=args.guidance_interval, guidance_rescale=args.guidance_rescale, **options)
 
 
 def command_line() -> str:

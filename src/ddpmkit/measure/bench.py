@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from ..files import write_text
-from ..images import grid_scale, labelled_grid, save_image
+from ..images import grid_scale, labelled_grid, pad_rows, save_image
 from ..plan import Plan
 from ..samplers import parse_bool, sampler_options, steps_for_nfe
 from . import report
@@ -238,8 +238,5 @@ def trajectories(model, rows: list[Row], out: pathlib.Path, seed: int, frames: i
                      callback=lambda i, t, x, x0: (xs.append(x[0]), x0s.append(x0[0])) if i in keep else None)
         strips += [torch.stack(xs), torch.stack(x0s)]
         labels += [f"{label} ({plan.nfe}): x_t", f"{label} ({plan.nfe}): x0_hat"]
-    width = max(len(s) for s in strips)
-    blank = torch.full((1, *model.shape), model.data_range[0])
-    strips = [torch.cat([s, blank.expand(width - len(s), *model.shape)]) for s in strips]
-    save_image(labelled_grid(strips, labels, scale=grid_scale(model.shape[1]), data_range=model.data_range),
+    save_image(labelled_grid(pad_rows(strips, model.data_range[0]), labels, scale=grid_scale(model.shape[1]), data_range=model.data_range),
                out / "trajectories.png")

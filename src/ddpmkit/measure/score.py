@@ -8,7 +8,7 @@ import torch
 from ..images import from_levels, to_levels
 from . import metrics
 from .features import predict
-from .reference import FEATURE_NET_FOR, Reference, load_reference
+from .reference import Reference, feature_net_for, load_reference
 
 
 def features_of(levels: np.ndarray, ref: Reference) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def score(levels: np.ndarray, ref: Reference, num_classes: int = 10, precision_r
 def asked_classes(model, plan, seed: int, num: int) -> list[int] | None:
     """The class that samples seed .. seed+num-1 were asked for, where the shipped feature network
     classifies the model's own classes (a conditional model of its data set); else None."""
-    if plan.classes is None or FEATURE_NET_FOR.get(model.config["data"].get("dataset")) is None:
+    if plan.classes is None or feature_net_for(model) is None:
         return None
     return plan.labels(range(seed, seed + num))
 
