@@ -155,6 +155,38 @@ def test_conditional_training_starts_from_an_unconditional_model(tmp_path):
     assert model.sample(sampler="ddim", steps=2, seeds=[0, 1], classes=[3]).shape == (2, 1, 8, 8)
 
 
+def test_a_zero_started_class_embedding_learns_at_its_own_rate(tmp_path):
+    """Adam's first step moves every weight with a gradient by its learning rate (m/sqrt(v) = sign g),
+    so after one step the zero-started class embedding has moved by class_lr = ZERO_START_LR_SCALE
+    x lr, the rest of the network by lr; a run resumes with both rates, and a conditional run from
+    scratch (or --class-lr = --lr) keeps one."""
+    from ddpmkit.train import ZERO_START_LR_SCALE
+
+    # lr 1e-2: the zero-initialised output convolutions grow enough that the gradient reaching the
+    # embedding (about 1e-11 after 3 steps at 1e-4) is far above Adam's eps = 1e-8
+    base = train(tmp_path / "a", {"dataset": "digits", "net": "tiny", "steps": 3, "batch_size": 16, "lr": 1e-2,
+                                  "warmup": 0}, quiet=True)
+    opts = {"dataset": "digits", "net": "tiny", "steps": 1, "batch_size": 64, "warmup": 0, "lr": 1e-4,
+            "weight_decay": 0.0, "conditional": True, "init_from": str(base)}
+    t = Trainer(tmp_path / "b", opts, quiet=True)
+    assert t.cfg.class_lr == pytest.approx(ZERO_START_LR_SCALE * 1e-4) and len(t.opt.param_groups) == 2
+    before = {k: v.clone() for k, v in t.net.state_dict().items()}
+    t.run()
+    moved = {k: (v - before[k]).abs().max().item() for k, v in t.net.state_dict().items() if v.is_floating_point()}
+    assert moved.pop("class_emb.weight") == pytest.approx(ZERO_START_LR_SCALE * 1e-4, rel=1e-3)
+    assert max(moved.values()) == pytest.approx(1e-4, rel=1e-3)
+    resumed = Trainer(tmp_path / "b", {"steps": 2}, resume=True, quiet=True)
+    assert [g["lr_scale"] for g in resumed.opt.param_groups[1:]] == [ZERO_START_LR_SCALE]
+    resumed.run()
+
+    scratch = Trainer(tmp_path / "c", {**opts, "init_from": None}, quiet=True)
+    same = Trainer(tmp_path / "d", {**opts, "class_lr": 1e-4}, quiet=True)
+    assert scratch.cfg.class_lr == same.cfg.class_lr == 1e-4
+    assert len(scratch.opt.param_groups) == len(same.opt.param_groups) == 1
+    with pytest.raises(ValueError, match="class_lr=-1.0 must be a finite number > 0"):
+        Trainer(tmp_path / "e", {**opts, "class_lr": -1.0})
+
+
 def test_label_dropout_replaces_labels_by_the_null_label(tmp_path):
     def labels(p):
         t = Trainer(tmp_path / str(p), {"dataset": "digits", "net": "tiny", "batch_size": 1000, "conditional": True,

@@ -40,6 +40,12 @@ def option(default, help: str, kind=None):
     return dataclasses.field(default=default, metadata={"help": help, "kind": kind})
 
 
+# A class embedding that starts at zero must grow to the time embedding's size (order 1) for the
+# labels to matter; at --lr it would take thousands of steps. Measured on digits (a 1500-step tiny
+# model, 200 conditional steps): class accuracy at guidance 3 was 10% at 1x, 50% at 100x, 68% at 300x.
+ZERO_START_LR_SCALE = 250.0
+
+
 @dataclasses.dataclass
 class TrainConfig:
     dataset: str = option("digits", "digits, mnist, fashion-mnist, cifar10 or folder:PATH")
@@ -69,6 +75,9 @@ class TrainConfig:
     label_dropout: float = option(0.1, "with --conditional: the fraction of labels replaced by the null label, so "
                                   "that the one network is also the unconditional model that classifier-free "
                                   "guidance needs (Ho & Salimans 2022)")
+    class_lr: float | None = option(None, "with --conditional: the class embedding's AdamW learning rate (default: "
+                                    f"{ZERO_START_LR_SCALE:g} x --lr when --init-from starts it at zero, since Adam "
+                                    "moves a weight by about its learning rate a step; else --lr)", float)
     precision: str = option("fp32", "fp32, or bf16 (autocast of the network; on GPUs from Ampere on, or the CPU)")
     seed: int = option(0, "seed of the data order, timesteps, noise, dropout and initial weights", "count")
     checkpoint_every: int = option(500, "write the checkpoint every this many steps")
@@ -84,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if not 0.0 <= self.label_dropout <= 1.0:  # 1: every label dropped, an unconditional run
             raise ValueError(f"label_dropout={self.label_dropout} must be in [0, 1]")
+        if self.class_lr is not None and not (self.class_lr > 0 and math.isfinite(self.class_lr)):
+            raise ValueError(f"class_lr={self.class_lr} must be a finite number > 0")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
 
@@ -200,7 +211,10 @@ class Trainer:
         if resume and not ckpt.exists():
             raise ValueError(f"nothing to resume: {ckpt} does not exist")
         if resume:
-            saved = self.Config(**read_config(ckpt)["train"])
+            saved_options = read_config(ckpt)["train"]
+            if "class_lr" in {f.name for f in dataclasses.fields(self.Config)}:
+                saved_options.setdefault("class_lr", saved_options["lr"])  # a run from before --class-lr: one rate
+            saved = self.Config(**saved_options)
             for name, value in options.items():
                 if name not in self.CHANGEABLE and value != getattr(saved, name):
                     raise ValueError(f"--resume: {name}={value!r} differs from the run's {name}={getattr(saved, name)!r}; "
@@ -215,7 +229,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         self.ema.load_state_dict(self.net.state_dict())
         self.ema.eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step, self.wall = 0, 0.0
         self.skipped = False  # whether the last step was skipped for a non-finite loss or gradient
         self.out.mkdir(parents=True, exist_ok=True)
@@ -245,20 +259,34 @@ class Trainer:
             torch.manual_seed(step_seed(cfg.seed, 0, "init"))
             self.net = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout, **classes).to(self.device)
             self.ema = build_unet(preset, in_channels=c, image_size=h, dropout=cfg.dropout, **classes).to(self.device)
-        if cfg.init_from is not None:
-            self._warm_start(cfg.init_from)
+        zero_start = cfg.init_from is not None and self._warm_start(cfg.init_from)
+        if getattr(cfg, "class_lr", 0.0) is None:  # DistillConfig has none; a resumed run has its own
+            scale = ZERO_START_LR_SCALE if zero_start else 1.0
+            self.cfg = dataclasses.replace(cfg, class_lr=scale * cfg.lr if cfg.conditional else None)
 
-    def _warm_start(self, path) -> None:
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: one, or with its own ``class_lr`` the class embedding
+        as a second (``lr_scale`` times the warm-up schedule of --lr)."""
+        class_lr = getattr(self.cfg, "class_lr", None)
+        if class_lr is None or class_lr == self.cfg.lr:
+            return [{"params": list(self.net.parameters())}]
+        named = list(self.net.named_parameters())
+        return [{"params": [p for n, p in named if not n.startswith("class_emb.")]},
+                {"params": [p for n, p in named if n.startswith("class_emb.")], "lr_scale": class_lr / self.cfg.lr}]
+
+    def _warm_start(self, path) -> bool:
         """Start from another model's EMA weights (same network shape); the optimiser starts fresh. A
         conditional run from an unconditional model starts its class embedding at zero, so that its
-        first predictions are that model's for every label."""
+        first predictions are that model's for every label; returns whether it did."""
         from .models import resolve
 
         file = resolve(path)
         tensors = load_tensors(file, "ema.")[0]
-        if getattr(self.cfg, "conditional", False) and "class_emb.weight" not in tensors:  # DistillConfig has none
+        zero_start = getattr(self.cfg, "conditional", False) and "class_emb.weight" not in tensors  # DistillConfig: none
+        if zero_start:
             tensors["class_emb.weight"] = torch.zeros_like(self.net.state_dict()["class_emb.weight"])
         load_into(self.net, tensors, file)
+        return zero_start
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """What a checkpoint holds besides the optimiser, by key prefix; ``ema`` is the sampling model."""
@@ -371,7 +399,7 @@ class Trainer:
         Returns (loss, gradient norm) as tensors. The finiteness test is the one device sync a step."""
         cfg = self.cfg
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
+            group["lr"] = lr_at(cfg, step) * group.get("lr_scale", 1.0)
         self.net.train()
         with torch.random.fork_rng(devices=self._rng_devices()):  # dropout, seeded per step; RNG restored after
             torch.manual_seed(step_seed(cfg.seed, step, "dropout"))
