@@ -45,6 +45,17 @@ def test_cli_errors_are_one_line(cli_error, args, message):
     assert message in cli_error(*args)
 
 
+def test_the_exact_demo_refuses_a_device_it_would_not_use(tmp_path):
+    import argparse
+
+    from ddpmkit.cli import demo
+
+    args = argparse.Namespace(out=str(tmp_path / "d.png"), num=2, exact=True, quiet=True, device="cuda")
+    with pytest.raises(ValueError, match="--device cuda: --exact runs its float64 denoiser on the CPU"):
+        demo.run(args)
+    assert not list(tmp_path.iterdir())
+
+
 def test_unknown_command(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bogus"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
-from .common import FMT, add_quiet, check_writable, positive_int, progress_bar
+from .common import FMT, add_device, add_quiet, check_writable, positive_int, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
                    help="samples per sampler for the table (at most 2000: the floor's real images)")
     p.add_argument("--exact", action="store_true",
                    help="instead, the exact denoiser of the 8x8 digits (no network: every error is the sampler's)")
+    add_device(p)
     add_quiet(p, "print only the table")
     p.set_defaults(func=run)
 
@@ -37,6 +38,8 @@ def run(args) -> None:
     if args.exact:
         from ..measure.exact import markdown_table, run_demo
 
+        if args.device != "cpu":
+            raise ValueError(f"--device {args.device}: --exact runs its float64 denoiser on the CPU; drop --device")
         what = f"the exact denoiser of the 8x8 digits, {args.num} samples per sampler"
     else:
         from ..measure.demo import markdown_table, run_demo
@@ -54,7 +57,7 @@ def run(args) -> None:
         def steps_bar(label, total):
             return progress_bar(total, "step", f"  {label}", args.quiet, leave=False)
 
-        results = run_demo(str(out), num=args.num, quiet=args.quiet, steps_bar=steps_bar)
+        results = run_demo(str(out), num=args.num, quiet=args.quiet, steps_bar=steps_bar, device=args.device)
     table = markdown_table(results, args.num)
     flags = " --exact" if args.exact else ""
     text = f"Made by `ddpmkit demo{flags} --out {out} --num {args.num}` on {describe_machine()}.\n\n{table}\n"

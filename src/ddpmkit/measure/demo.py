@@ -38,9 +38,10 @@ def shipped_results() -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False, steps_bar=None) -> list[dict]:
-    """Every row of ``ROWS`` on seeds 0..num-1: NFE, seconds, FID against the shipped MNIST
-    reference; the first ``show`` samples of each row go to the grid ``out_png``. ``steps_bar(label,
+def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False, steps_bar=None,
+             device="cpu") -> list[dict]:
+    """Every row of ``ROWS`` on seeds 0..num-1, on ``device``: NFE, seconds, FID against the shipped
+    MNIST reference; the first ``show`` samples of each row go to the grid ``out_png``. ``steps_bar(label,
     total)``, where given, returns a bar for the row's sampler steps (``update(1)``, ``close()``)."""
     ref = load_reference("mnist")
     models, rows, results = {}, [], []
@@ -48,7 +49,7 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False, 
     for label, name, sampler, steps, opts, spacing in ROWS:
         if name not in models:
             try:
-                models[name] = load_model(name)
+                models[name] = load_model(name, device=device)
             except CheckpointError as e:  # a shipped model missing from this installation
                 models[name] = None
                 print(f"  skipping the {name} rows: {e}", flush=True)
