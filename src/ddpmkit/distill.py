@@ -39,14 +39,17 @@ import torch
 
 from .consistency import ConsistencyFunction, abar_tensor
 from .data import DATA_RANGE, load_dataset
-from .images import grid_scale, labelled_grid, save_image
+from .ect import ect_levels, shared_dropout, stage_at
+from .measure.reference import FEATURE_NET_FOR
+from .images import grid_scale, labelled_grid, save_image, to_levels
 from .models import build_net, load_model
 from .samplers.edm import heun_step
 from .sampling import sample
 from .train import TrainConfig, Trainer, autocast, check_run_options, option, step_seed
 from .vp import abar_from_sigma, sigma_from_abar, x0_from_output, x_from_y
 
-METHODS = ("cd", "ct")
+METHODS = ("cd", "ct", "ect")
+OPTIMIZERS = ("adamw", "radam")
 SOLVERS = ("heun", "ddim")
 LOSSES = ("huber", "l2")
 
@@ -58,8 +61,9 @@ TRAIN = {f.name: dataclasses.field(default=f.default, metadata=f.metadata) for f
 @dataclasses.dataclass
 class DistillConfig:
     teacher: str = option("mnist", "the DDPM to distil: a shipped model name (mnist) or a model file / run folder")
-    method: str = option("cd", "cd (consistency distillation, Algorithm 2) or ct (consistency training, Algorithm 3 "
-                         "with iCT)")
+    method: str = option("cd", "cd (consistency distillation, Algorithm 2), ct (consistency training, Algorithm 3 "
+                         "with iCT) or ect (Easy Consistency Tuning, Geng et al. 2024: ct from the teacher with a "
+                         "shrinking gap; ddpmkit.ect)")
     data_dir: str | None = TRAIN["data_dir"]
     download: bool = TRAIN["download"]
     steps: int = option(2000, TRAIN["steps"].metadata["help"])
@@ -76,8 +80,21 @@ class DistillConfig:
     ct_s1: int = option(1280, "iCT curriculum: final number of intervals for ct")
     ct_total: int | None = option(None, "iCT curriculum: the steps K it spans (default: --steps of the run's start, "
                                   "kept on resume)", int)
+    ect_q: float = option(256.0, "ect: the gap t - r is about t / q^(stage + 1) (ECT's 1-hour recipe: 256, one stage)")
+    ect_double: int = option(0, "ect: steps per stage (the gap shrinks by q at each); 0: one stage", "count")
+    ect_k: float = option(8.0, "ect: k of the mapping function n(t) = 1 + k sigmoid(-b t)")
+    ect_b: float = option(1.0, "ect: b of the mapping function")
+    p_mean: float = option(-1.1, "ect: mean of log t (EDM's log-normal)")
+    p_std: float = option(2.0, "ect: std of log t")
     solver: str = option("heun", "the teacher's ODE step for cd: heun (2 NFE) or ddim (Euler, 1 NFE)")
     loss: str = option("huber", "huber (pseudo-Huber, iCT) or l2")
+    huber_c: float | None = option(None, "c of the pseudo-Huber loss (default: 0, the L2 norm, for ect as ECT's "
+                                   "recipe; 0.00054 sqrt(image dimension) for cd and ct as iCT)", float)
+    dropout: float | None = option(None, "the student's dropout (default: the teacher's; ECT's recipe: 0.2)", float)
+    optimizer: str = option("adamw", "adamw or radam (ECT's recipe)")
+    eval_every: int = option(0, "every this many steps, log the FID of 1- and 2-step samples of the EMA model "
+                             "(the shipped feature network of the data; 0: never)", "count")
+    eval_num: int = option(500, "samples (seeds 0..N-1) of each --eval-every FID")
     sigma_data: float = option(0.5, "sigma_data of the boundary parameterisation c_skip")
     init: str = option("teacher", "ct only: start from the teacher's weights (teacher) or from fresh ones (scratch)")
     x0_head: bool = option(False, "give the student a direct x0 output, blended in at high noise (better one-step "
@@ -93,7 +110,8 @@ class DistillConfig:
     def validate(self) -> None:
         check_run_options(self, ("ct_s0", "ct_s1"))
         for name, value, valid in (("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
-                                   ("loss", self.loss, LOSSES), ("init", self.init, ("teacher", "scratch"))):
+                                   ("loss", self.loss, LOSSES), ("init", self.init, ("teacher", "scratch")),
+                                   ("optimizer", self.optimizer, OPTIMIZERS)):
             if value not in valid:
                 raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
         if self.num_scales < 2:
@@ -106,8 +124,17 @@ class DistillConfig:
             raise ValueError(f"target_decay={self.target_decay} must be in [0, 1)")
         if self.sigma_data <= 0:
             raise ValueError(f"sigma_data={self.sigma_data} must be > 0")
-        if self.method == "cd" and self.init == "scratch":
-            raise ValueError("init='scratch' is for method ct; distillation starts from the teacher")
+        if self.method in ("cd", "ect") and self.init == "scratch":
+            raise ValueError(f"init='scratch' is for method ct; {self.method} starts from the teacher")
+        for name in ("ect_q", "p_std"):
+            if not getattr(self, name) > (1.0 if name == "ect_q" else 0.0) or not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} must be a finite number > {1 if name == 'ect_q' else 0}")
+        if self.huber_c is not None and not (self.huber_c >= 0 and math.isfinite(self.huber_c)):
+            raise ValueError(f"huber_c={self.huber_c} must be a finite number >= 0")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.eval_num < 4:
+            raise ValueError(f"eval_num={self.eval_num} must be >= 4 (FID needs a covariance)")
 
     @property
     def mu(self) -> float:
@@ -215,6 +242,9 @@ class Distiller(Trainer):
         self.data = load_dataset(dataset, cfg.data_dir, download=cfg.download)
         if tuple(self.data.shape) != tuple(teacher.shape):
             raise ValueError(f"data set {dataset} has shape {self.data.shape}; the teacher makes {teacher.shape}")
+        if cfg.eval_every and dataset not in FEATURE_NET_FOR:
+            raise ValueError(f"--eval-every needs a shipped feature network, and data set {dataset!r} has none (those "
+                             f"with one: {', '.join(FEATURE_NET_FOR)}); give --eval-every 0")
         if cfg.init == "scratch":  # the teacher's architecture, fresh weights from the seed
             with torch.random.fork_rng(devices=self._rng_devices()):
                 torch.manual_seed(step_seed(cfg.seed, 0, "init"))
@@ -223,14 +253,18 @@ class Distiller(Trainer):
             student = copy.deepcopy(teacher.net).requires_grad_(True)
         if cfg.x0_head:
             student = with_x0_head(student).to(self.device)
+        if cfg.dropout is not None:  # a training-time setting only: the saved network's shape is the same
+            for m in student.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = cfg.dropout
         self.net = ConsistencyFunction(student, self.schedule, prediction=teacher.prediction,
                                        sigma_data=cfg.sigma_data, x0_head=cfg.x0_head).to(self.device)
         if cfg.init_from is not None:  # continue an earlier distillation (same student shape)
             self._warm_start(cfg.init_from)
         self.ema = copy.deepcopy(self.net)
         self.target = copy.deepcopy(self.net).eval().requires_grad_(False)
-        dim = math.prod(teacher.shape)
-        self.huber_c = 0.00054 * math.sqrt(dim)
+        ict_c = 0.00054 * math.sqrt(math.prod(teacher.shape))
+        self.huber_c = cfg.huber_c if cfg.huber_c is not None else 0.0 if cfg.method == "ect" else ict_c
         self._scales = {}
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -269,7 +303,17 @@ class Distiller(Trainer):
         x_t = x_from_y(y, sigma).float()
         return x0_from_output(self.teacher.net(x_t, t), x_t, abar_from_sigma(sigma), self.teacher.prediction).double()
 
+    def ect_pair(self, n: int, step: int, g: torch.Generator) -> Pair:
+        """ECT's (t, r) for a batch (``ddpmkit.ect``), as fractional timesteps and their sigmas."""
+        cfg = self.cfg
+        t, r = ect_levels(n, self.net.sigma_min, self.schedule.sigma_max, stage_at(step, cfg.ect_double),
+                          q=cfg.ect_q, k=cfg.ect_k, b=cfg.ect_b, p_mean=cfg.p_mean, p_std=cfg.p_std, g=g)
+        ts = [torch.from_numpy(np.atleast_1d(self.schedule.t_at_sigma(s.numpy()))) for s in (t, r)]
+        return Pair(*(v.to(self.device) for v in (ts[0], t, ts[1], r)))
+
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.method == "ect":
+            return self.ect_step(step)
         cfg = self.cfg
         x0, g = self.data_batch(step)
         ts, sig, probs = self.scales(step)
@@ -287,6 +331,33 @@ class Distiller(Trainer):
                                                            cfg.loss, self.huber_c))
         with torch.no_grad():  # theta- <- mu theta- + (1 - mu) theta (Algorithm 2); mu = 0: a copy
             torch._foreach_lerp_(list(self.target.parameters()), list(self.net.parameters()), 1 - cfg.mu)
+        return out
+
+    def ect_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ECT step: the pair's target is the network itself, without gradient and with the
+        student's dropout mask (both calls draw it first after the step's dropout seed)."""
+        cfg = self.cfg
+        x0, g = self.data_batch(step)
+        pair = self.ect_pair(len(x0), step, g)
+        z = torch.randn(x0.shape, generator=g).to(self.device)
+        y_hi, y_lo = pair_states(x0, z, pair)
+        target = shared_dropout(self.net, step_seed(cfg.seed, step, "dropout"), self._rng_devices())
+        return self.optimise(step, lambda: consistency_loss(self.net, target, y_hi, y_lo, pair,
+                                                            1.0 / (pair.s_hi - pair.s_lo), cfg.loss, self.huber_c))
+
+    def evaluate(self) -> dict:
+        """FID of 1- and 2-step ``cm`` samples of the EMA model (default grids) on seeds 0..eval_num-1,
+        by the shipped feature network of the data: the progress of a run on one fixed seed set."""
+        from .measure.reference import load_reference
+        from .measure.score import score
+
+        cfg = self.cfg
+        ref = load_reference(FEATURE_NET_FOR[self.teacher.config["data"]["dataset"]])
+        out = {}
+        for steps in (1, 2):
+            x = sample(self.ema, self.schedule, sampler="cm", steps=steps, prediction="x0",
+                       shape=(cfg.eval_num, *self.data.shape), seeds=range(cfg.eval_num), device=self.device)
+            out[f"fid_{steps}"] = score(to_levels(x, ref.levels, DATA_RANGE), ref, precision_recall=False)["fid"]
         return out
 
     def sample_grid(self, path, n: int = 16) -> None:

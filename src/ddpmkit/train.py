@@ -124,6 +124,14 @@ def check_run_options(cfg, positive: tuple[str, ...] = ()) -> None:
             raise ValueError(f"{name}={getattr(cfg, name)} must be a finite number >= 0")
 
 
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """AdamW, or RAdam (Liu et al. 2020) with the same decoupled weight decay where a run's config
+    asks for it (``optimizer``: distillation's option)."""
+    if getattr(cfg, "optimizer", "adamw") == "radam":
+        return torch.optim.RAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast of the network's matrix work (norms and softmax stay float32), or nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -229,7 +237,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         self.ema.load_state_dict(self.net.state_dict())
         self.ema.eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = make_optimizer(self.param_groups(), self.cfg)
         self.step, self.wall = 0, 0.0
         self.skipped = False  # whether the last step was skipped for a non-finite loss or gradient
         self.out.mkdir(parents=True, exist_ok=True)
@@ -471,7 +479,8 @@ class Trainer:
                 else:
                     in_a_row = 0
                     window.append(loss)
-                logging = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                evaluating = bool(getattr(cfg, "eval_every", 0)) and self.step % cfg.eval_every == 0
+                logging = self.step % cfg.log_every == 0 or self.step == cfg.steps or evaluating
                 if logging:
                     mean_loss = torch.stack(window).mean().item() if window else None
                 # training time only (no grids, no saves); exact at log lines, where the device has caught up
@@ -482,6 +491,8 @@ class Trainer:
                     g = gnorm.item()
                     record = {"step": self.step, "loss": mean_loss, "grad_norm": g if math.isfinite(g) else None,
                               "lr": lr_at(cfg, self.step), "images_per_s": rate, "wall_time_s": round(self.wall, 2)}
+                    if evaluating:  # after the rate is taken: evaluation is not training time
+                        record.update(self.evaluate())
                     with open(self.out / LOG, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     if mean_loss is not None:

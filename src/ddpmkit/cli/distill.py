@@ -10,7 +10,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("distill", help="distil a DDPM into a consistency model (or train one without a teacher)",
                        description="Consistency distillation (Song et al. 2023, Algorithm 2) of a trained DDPM, or "
-                       "consistency training (Algorithm 3 with the improvements of Song & Dhariwal 2023). The run "
+                       "consistency training (Algorithm 3 with the improvements of Song & Dhariwal 2023), or Easy Consistency "
+                       "Tuning (--method ect, Geng et al. 2024: consistency training started from the DDPM, its gap "
+                       "shrinking). The run "
                        "folder gets checkpoint.safetensors (for --resume), model.safetensors (the EMA consistency "
                        "function; sample it with --sampler cm), log.jsonl and samples/ (cm with 1, 2 and 4 steps).")
     add_run_args(p, DistillConfig)
