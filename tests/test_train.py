@@ -314,3 +314,33 @@ def test_kill_9_during_training_leaves_a_run_that_resumes(tmp_path):
     train(out, {"steps": step + 1}, resume=True, quiet=True)
     assert read_config(out / "checkpoint.safetensors")["step"] == step + 1
     assert not list(out.glob(".*.tmp*"))
+
+
+def test_sigterm_saves_the_checkpoint_of_the_last_step(tmp_path):
+    """``kill PID`` (SIGTERM, also what a batch system sends before it stops a job) ends a training
+    run like Ctrl-C: the checkpoint of the step it was at is written, the exit status is 143 with one
+    line, and the run resumes from that step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ddpmkit", "train", "--dataset", "digits", "--net", "tiny",
+                             "--batch-size", "16", "--steps", "100000", "--checkpoint-every", "100000", "--log-every", "1",
+                             "--sample-every", "100000", "--quiet", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # generous: a loaded machine is slow to import torch
+        while time.monotonic() < deadline and not ((out / "log.jsonl").exists() and
+                                                   len((out / "log.jsonl").read_text().splitlines()) >= 2):
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "ddpmkit train: terminated", err
+    logged = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"]
+    step = read_config(out / "checkpoint.safetensors")["step"]
+    assert step >= logged >= 2  # every step logged: the checkpoint is of the step the run was at
+    train(out, {"steps": step + 1}, resume=True, quiet=True)
+    assert read_config(out / "checkpoint.safetensors")["step"] == step + 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import signal
+import threading
 
 import torch
 
@@ -44,3 +47,39 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
                                                                                        trim_threshold))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's notice before it stops a job), handled like Ctrl-C: a
+    training run saves its checkpoint, eval keeps its finished chunks; the command exits with 143."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Within: Ctrl-C (where it is not ignored, as in a background job) and SIGTERM only record
+    themselves, as a KeyboardInterrupt or Terminated in the yielded list, for the caller to raise at a
+    safe point (a training step's end); a second signal interrupts at once. Outside the main thread,
+    where no handler can be set, signals act as usual."""
+    requested: list[KeyboardInterrupt] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def record(signum, frame):
+        if requested:  # asked twice: do not wait
+            raise requested[0]
+        requested.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in before.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, record)
+    try:
+        yield requested
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -24,6 +24,7 @@ from .checkpoint import load_into, load_tensors, nonfinite_tensors, read_config,
 from .data import DATA_RANGE, ImageDataset, load_dataset
 from .files import remove_stale_temps, write_text
 from .images import grid_scale, labelled_grid, save_image
+from .machine import deferred_interrupts
 from .nets import build_unet
 from .prediction import check_prediction, training_target
 from .sampling import sample
@@ -464,46 +465,50 @@ class Trainer:
         (self.out / "samples").mkdir(exist_ok=True)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
         window, window_start, window_first, in_a_row = [], time.perf_counter(), self.step, 0
-        consistent = True  # False while the weights are ahead of self.step
+        consistent, saved = True, None  # consistent: False while the weights are ahead of self.step
         try:
-            while self.step < cfg.steps:
-                start = time.perf_counter()
-                consistent = False
-                loss, gnorm = self.train_step(self.step + 1)
-                self.step += 1
-                consistent = True
-                bar.update(1)
-                if self.skipped:
-                    in_a_row += 1
-                    self._skip(in_a_row)
-                else:
-                    in_a_row = 0
-                    window.append(loss)
-                evaluating = bool(getattr(cfg, "eval_every", 0)) and self.step % cfg.eval_every == 0
-                logging = self.step % cfg.log_every == 0 or self.step == cfg.steps or evaluating
-                if logging:
-                    mean_loss = torch.stack(window).mean().item() if window else None
-                # training time only (no grids, no saves); exact at log lines, where the device has caught up
-                self.wall += time.perf_counter() - start
-                if logging:
-                    elapsed = time.perf_counter() - window_start
-                    rate = (self.step - window_first) * cfg.batch_size / elapsed
-                    g = gnorm.item()
-                    record = {"step": self.step, "loss": mean_loss, "grad_norm": g if math.isfinite(g) else None,
-                              "lr": lr_at(cfg, self.step), "images_per_s": rate, "wall_time_s": round(self.wall, 2)}
-                    if evaluating:  # after the rate is taken: evaluation is not training time
-                        record.update(self.evaluate())
-                    with open(self.out / LOG, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    if mean_loss is not None:
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
-                    window, window_start, window_first = [], time.perf_counter(), self.step
-                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
-                    self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save()
-        except KeyboardInterrupt:
-            if consistent:  # atomic: the previous checkpoint stays whole until this one is complete
+            with deferred_interrupts() as requested:  # Ctrl-C and SIGTERM wait for the step's end
+                while self.step < cfg.steps:
+                    start = time.perf_counter()
+                    consistent = False
+                    loss, gnorm = self.train_step(self.step + 1)
+                    self.step += 1
+                    consistent = True
+                    bar.update(1)
+                    if self.skipped:
+                        in_a_row += 1
+                        self._skip(in_a_row)
+                    else:
+                        in_a_row = 0
+                        window.append(loss)
+                    evaluating = bool(getattr(cfg, "eval_every", 0)) and self.step % cfg.eval_every == 0
+                    logging = self.step % cfg.log_every == 0 or self.step == cfg.steps or evaluating
+                    if logging:
+                        mean_loss = torch.stack(window).mean().item() if window else None
+                    # training time only (no grids, no saves); exact at log lines, where the device has caught up
+                    self.wall += time.perf_counter() - start
+                    if logging:
+                        elapsed = time.perf_counter() - window_start
+                        rate = (self.step - window_first) * cfg.batch_size / elapsed
+                        g = gnorm.item()
+                        record = {"step": self.step, "loss": mean_loss, "grad_norm": g if math.isfinite(g) else None,
+                                  "lr": lr_at(cfg, self.step), "images_per_s": rate, "wall_time_s": round(self.wall, 2)}
+                        if evaluating:  # after the rate is taken: evaluation is not training time
+                            record.update(self.evaluate())
+                        with open(self.out / LOG, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        if mean_loss is not None:
+                            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+                        window, window_start, window_first = [], time.perf_counter(), self.step
+                    if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                        self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
+                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or requested:
+                        self.save()
+                        saved = self.step
+                    if requested:
+                        raise requested[0]
+        except KeyboardInterrupt:  # a second Ctrl-C, or a signal before the loop
+            if consistent and saved != self.step:  # atomic: the old checkpoint stays whole until the new one is
                 self.save()
             raise
         finally:

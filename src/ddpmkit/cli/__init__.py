@@ -4,6 +4,7 @@ into calls of the library (a Plan, a LoadedModel, ``measure``); ``common`` holds
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from .. import __version__
@@ -39,12 +40,13 @@ def check_one_process() -> None:
 def main(argv=None) -> int:
     """Run one command. Every failure is one line on stderr and a non-zero exit: 2 for bad input or
     an unusable file (ValueError, OSError, CheckpointError), 1 for anything unforeseen, 130 on
-    Ctrl-C; a closed pipe (``ddpmkit samplers | head``) ends quietly. --debug re-raises."""
-    from ..machine import keep_freed_memory
+    Ctrl-C, 143 on SIGTERM; a closed pipe (``ddpmkit samplers | head``) ends quietly. --debug re-raises."""
+    from ..machine import Terminated, keep_freed_memory, raise_terminated
 
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
     keep_freed_memory()  # activations are reallocated at every network call: keep their pages mapped
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         check_one_process()
         args.func(args)
@@ -52,9 +54,10 @@ def main(argv=None) -> int:
         # the reader went away: nothing more to say, and nothing for the interpreter to flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print(f"ddpmkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"ddpmkit {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except (ValueError, OSError) as e:  # includes CheckpointError; an unwritable path: one line, no traceback
         if debug:
             raise
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
         print(f"ddpmkit {args.command}: error: {type(e).__name__}: {what} (an unforeseen failure: --debug shows "
               "where; please report it)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
