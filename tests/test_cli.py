@@ -149,9 +149,16 @@ def test_bad_input_stops_before_any_work_in_one_line(tmp_path, capsys):
     save_file({"ema.w": np.zeros(2, dtype=np.float32)}, str(huge), metadata={CONFIG_KEY: json.dumps(
         {"format": "ddpmkit-checkpoint", "version": 1, "net": {"arch": "unet"}, "schedule": {"name": "linear", "T": 10**9},
          "prediction": "eps", "data": {"shape": [1, 28, 28]}})})
+    wide = tmp_path / "wide.safetensors"  # a crafted header: a U-Net of about 10^14 weights (400 TB)
+    save_file({"ema.conv_in.weight": np.zeros((32, 1, 3, 3), dtype=np.float32)}, str(wide), metadata={
+        CONFIG_KEY: json.dumps({"format": "ddpmkit-checkpoint", "version": 1, "schedule": {"name": "linear", "T": 1000},
+                                "net": {"arch": "unet", "base_channels": 2**22, "attn_resolutions": []},
+                                "prediction": "eps", "data": {"shape": [1, 28, 28]}})})
     out = tmp_path / "new"
     cases = [
         (["sample", "--model", huge, "--out", out], "T=1000000000 is not a valid number of diffusion steps"),
+        (["sample", "--model", wide, "--out", out], "tensor 'conv_in.weight' has shape (32, 1, 3, 3), the network "
+                                                    "expects (4194304, 1, 3, 3)"),
         (["eval", "--num", "3", "--out", tmp_path / "e.json"], "--num 3 is too few: precision and recall need"),
         (["bench", "--num", "2", "--out", out], "--num 2 is too few"),
         (["sample", "--guidance", "-1", "--out", out], "guidance=-1.0 is not valid; need a finite number >= 0"),
@@ -198,4 +205,4 @@ def test_bad_input_stops_before_any_work_in_one_line(tmp_path, capsys):
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (args, err)
         assert err.startswith(f"ddpmkit {args[0]}: error: "), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "d.png", "huge.safetensors", "listed.safetensors",
-                                                          "noise.npy"]
+                                                          "noise.npy", "wide.safetensors"]

@@ -62,9 +62,9 @@ def load_tensors(path: str | os.PathLike, prefix: str = "") -> tuple[dict[str, t
         return {k[len(prefix):]: f.get_tensor(k) for k in names}, config
 
 
-def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
-    """load_state_dict with an error that names the first missing, unexpected or misshapen tensor."""
-    own = module.state_dict()
+def check_tensors(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], path) -> None:
+    """That ``tensors`` are exactly a network's state ``own`` (names and shapes; ``own`` may live on the
+    meta device), else an error that names the first missing, unexpected or misshapen tensor."""
     for name, value in tensors.items():
         if name not in own:
             raise CheckpointError(f"{path}: tensor {name!r} does not belong to this network")
@@ -75,6 +75,11 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -
     missing = sorted(set(own) - set(tensors))
     if missing:
         raise CheckpointError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} in all)")
+
+
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
+    """load_state_dict with an error that names the first missing, unexpected or misshapen tensor."""
+    check_tensors(module.state_dict(), tensors, path)
     module.load_state_dict(tensors, strict=True)
 
 

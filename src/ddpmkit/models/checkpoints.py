@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, check_finite, load_into, load_tensors, read_config
+from ..checkpoint import CheckpointError, check_finite, check_tensors, load_into, load_tensors, read_config
 from ..prediction import check_prediction
 from ..schedule import NoiseSchedule
 from .diffusers_folder import SIDECAR, is_diffusers_folder, load_diffusers, sidecar_base
@@ -19,6 +19,7 @@ CANDIDATES = ("model.safetensors", "checkpoint.safetensors")
 SHIPPED_DIR = pathlib.Path(__file__).parent.parent / "assets" / "models"
 # models that ship inside the package, by name (their cards: assets/models/README.md)
 SHIPPED = {"mnist": "a DDPM on MNIST (28x28, eps, linear schedule, T = 1000)",
+           "mnist-cond": "the MNIST DDPM fine-tuned with class labels (sample with --class and --guidance)",
            "mnist-cm": "the MNIST DDPM distilled into a consistency model (sample with --sampler cm)"}
 DEFAULT_MODEL = "mnist"
 
@@ -77,6 +78,17 @@ def build_net(net_config: dict, schedule: NoiseSchedule | None = None) -> torch.
     raise CheckpointError(f"unknown network architecture {arch!r}; this ddpmkit knows: unet, consistency")
 
 
+def skeleton_state(net_config: dict) -> dict[str, torch.Tensor]:
+    """The state a network config describes, built on the meta device: names and shapes, no memory,
+    so that a header whose sizes the weights do not bear out is refused before anything is allocated."""
+    config = dict(net_config)
+    prefix = ""
+    if config.get("arch") == "consistency":  # the U-Net inside; its weights are the function's net.*
+        config, prefix = dict(config.get("unet") or {}), "net."
+    with torch.device("meta"):
+        return {prefix + k: v for k, v in build_net(config).state_dict().items()}
+
+
 def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu",
                scheduler_config: dict | None = None) -> LoadedModel:
     """The model at ``path``: a shipped model's name, a ddpmkit checkpoint or run folder (its ``ema``
@@ -103,6 +115,7 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu",
             raise ValueError(f"data shape {list(shape)} is not [channels, height, width] of positive sizes")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{file} has an invalid config: {e}") from None
+    check_tensors(skeleton_state(config["net"]), tensors, file)  # before any memory is taken for the network
     net = build_net(config["net"], schedule)
     load_into(net, tensors, file)
     check_finite(net, file)
