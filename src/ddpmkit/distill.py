@@ -40,8 +40,8 @@ import torch
 from .consistency import ConsistencyFunction, abar_tensor
 from .data import DATA_RANGE, load_dataset
 from .ect import ect_levels, shared_dropout, stage_at
-from .measure.reference import FEATURE_NET_FOR
 from .images import grid_scale, labelled_grid, save_image, to_levels
+from .measure.reference import FEATURE_NET_FOR
 from .models import build_net, load_model
 from .samplers.edm import heun_step
 from .sampling import sample
@@ -126,9 +126,10 @@ class DistillConfig:
             raise ValueError(f"sigma_data={self.sigma_data} must be > 0")
         if self.method in ("cd", "ect") and self.init == "scratch":
             raise ValueError(f"init='scratch' is for method ct; {self.method} starts from the teacher")
-        for name in ("ect_q", "p_std"):
-            if not getattr(self, name) > (1.0 if name == "ect_q" else 0.0) or not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name}={getattr(self, name)} must be a finite number > {1 if name == 'ect_q' else 0}")
+        if not (self.ect_q > 1 and math.isfinite(self.ect_q)):
+            raise ValueError(f"ect_q={self.ect_q} must be a finite number > 1")
+        if not (self.p_std > 0 and math.isfinite(self.p_std)):
+            raise ValueError(f"p_std={self.p_std} must be a finite number > 0")
         if self.huber_c is not None and not (self.huber_c >= 0 and math.isfinite(self.huber_c)):
             raise ValueError(f"huber_c={self.huber_c} must be a finite number >= 0")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
