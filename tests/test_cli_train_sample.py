@@ -311,7 +311,7 @@ def test_distill_then_sample_with_cm(run_dir, tmp_path):
 
 
 def test_distill_and_timesteps_errors(run_dir, tmp_path, cli_error):
-    assert "does not exist (shipped models: mnist, mnist-cm)" in cli_error(
+    assert "does not exist (shipped models: mnist, mnist-cond, mnist-cm)" in cli_error(
         "distill", "--teacher", tmp_path / "nope", "--out", tmp_path / "x")
     assert "solver='rk4' is not valid; choose one of: heun, ddim" in cli_error(
         "distill", "--teacher", run_dir, "--solver", "rk4", "--out", tmp_path / "y")
@@ -392,3 +392,26 @@ def test_tune_stores_grids_that_sample_eval_and_bench_use(run_dir, tmp_path, cli
     assert "--candidates: grid timesteps must lie in [0, 999]" in cli_error(
         "tune", "--model", model, "--candidates", "999,1500")
     assert "unknown sampler 'plms'" in cli_error("tune", "--model", model, "--sampler", "plms")
+
+
+def test_the_shipped_conditional_model_draws_the_digit_it_is_asked_for(tmp_path):
+    """mnist-cond with guidance 3 at 20 steps: the shipped MNIST classifier reads every digit as the
+    class asked for (2 samples of each class; on 1000 samples the card measures 100.0%)."""
+    from ddpmkit.images import to_levels
+    from ddpmkit.measure.reference import load_reference
+    from ddpmkit.measure.score import score
+    from ddpmkit.models import load_model
+
+    m = load_model("mnist-cond")
+    assert m.conditional and m.num_classes == 10
+    plan = m.plan(sampler="dpmpp-2m-sde", steps=20, spacing="logsnr", guidance=3.0)
+    x = m.sample(plan, seeds=range(20))
+    ref = load_reference("mnist")
+    acc = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False, standard_error=False,
+                labels=plan.labels(range(20)))["class_accuracy"]
+    assert acc["accuracy"] == 1.0, acc
+    r = ddpmkit("sample", "--model", "mnist-cond", "--class", "all", "--guidance", 3, "--steps", 2, "--out",
+                tmp_path / "grid.png", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("wrote 20 samples")  # two full rows of each class by default
+    assert "guidance=3.0, classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 by seed" in r.stdout

@@ -150,7 +150,7 @@ def positive_int_list(option: str, text: str) -> list[int]:
 
 
 # -- flags declared once ---------------------------------------------------------------------------
-MODEL_HELP = ("a shipped model (mnist, mnist-cm), a checkpoint file, a training run's folder, or a diffusers "
+MODEL_HELP = ("a shipped model (mnist, mnist-cond, mnist-cm), a checkpoint file, a training run's folder, or a diffusers "
               "folder (a DDPMPipeline's, or a UNet2DModel's with its scheduler_config.json)")
 
 

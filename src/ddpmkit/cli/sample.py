@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
                        "seed SEED + i and does not depend on the batch size.")
     add_sampling(p, batch_size=64)
     p.add_argument("--num", type=positive_int, default=None,
-                   help="number of samples (default: 16, or as many as --init-noise holds)")
+                   help="number of samples (default: 16, rounded up to whole rows of a class-conditional grid: 20 "
+                   "for --class all of 10 classes; or as many as --init-noise holds)")
     p.add_argument("--init-noise", default=None, help=".npy file of x_T, shape (N, C, H, W)")
     p.add_argument("--out", required=True, help="grid.png (an image grid; a class-conditional model's has a row per "
                    "class), samples.npz (float32 in [-1, 1], seeds, and labels where there are classes) or a folder "
@@ -33,7 +34,7 @@ def run(args) -> None:
     model = load_model_from_args(args)
     plan = plan_from_args(args, model)
     init = read_init_noise(args.init_noise, model.shape) if args.init_noise else None
-    num = args.num or (len(init) if init is not None else 16)
+    num = args.num or (len(init) if init is not None else default_num(plan))
     if init is not None and len(init) != num:
         raise ValueError(f"--num {num} disagrees with --init-noise, which holds {len(init)} samples")
     seeds = list(range(args.seed, args.seed + num))
@@ -45,6 +46,12 @@ def run(args) -> None:
         bar.close()
     write_samples(x, seeds, out, kind, model.data_range, plan.labels(seeds))  # a class-conditional grid: row by class
     print(f"wrote {num} samples to {out} ({plan.describe()})")
+
+
+def default_num(plan, least: int = 16) -> int:
+    """At least ``least`` samples, as whole rows of a class grid (a multiple of the classes asked for)."""
+    k = len(plan.classes) if plan.classes else 1
+    return -(-least // k) * k
 
 
 def read_init_noise(path: str, shape: tuple[int, ...]) -> torch.Tensor:
