@@ -29,6 +29,13 @@ def ddpmkit(*args: str) -> None:
 # float64 (largest difference after clamping), the old and new samples are 9.2e-5 and 8.8e-5 off for
 # heun9clip, 9.0e-4 and 8.2e-4 for restart3 (one of its raw pixels reaches 109 before the clamp)
 ATOL = {"heun9clip": 1e-4, "restart3": 1e-3}
+# The data were written on an AMD EPYC; on an Intel Xeon (other oneDNN kernels) the code of that same
+# commit gives samples up to 9.1e-5 off (2.8e-4 for sde6thr, whose thresholding amplifies them) and a
+# tune FID 5.3e-6 off, relatively: the tolerances cover float32 kernels of other CPUs, far below what a
+# change of arithmetic would make
+DEFAULT_ATOL = 2e-4
+ATOL["sde6thr"] = 1e-3
+FLOAT_RTOL = 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE["samples"]))
@@ -36,7 +43,7 @@ def test_sample_gives_the_samples_it_gave_before(name, tmp_path):
     out = tmp_path / "x.npz"
     ddpmkit(*BEFORE["samples"][name].split(), "--quiet", "--out", out)
     with np.load(DATA / "before_one_path.npz") as before, np.load(out) as now:
-        np.testing.assert_allclose(now["samples"], before[name], rtol=0, atol=ATOL.get(name, 2e-5))
+        np.testing.assert_allclose(now["samples"], before[name], rtol=0, atol=ATOL.get(name, DEFAULT_ATOL))
 
 
 def close(now, before, what):
@@ -45,7 +52,7 @@ def close(now, before, what):
         for i, (a, b) in enumerate(zip(now, before)):
             close(a, b, f"{what}[{i}]")
     elif isinstance(before, float):
-        assert now == pytest.approx(before, rel=1e-6, abs=1e-9), what
+        assert now == pytest.approx(before, rel=FLOAT_RTOL, abs=1e-9), what
     else:
         assert now == before, what
 
