@@ -41,9 +41,11 @@ def option(default, help: str, kind=None):
     return dataclasses.field(default=default, metadata={"help": help, "kind": kind})
 
 
-# A class embedding that starts at zero must grow to the time embedding's size (order 1) for the
-# labels to matter; at --lr it would take thousands of steps. Measured on digits (a 1500-step tiny
-# model, 200 conditional steps): class accuracy at guidance 3 was 10% at 1x, 50% at 100x, 68% at 300x.
+# A class embedding that starts at zero must grow towards the size of the time embedding it is added
+# to (norm about 6 in the MNIST model) before the labels matter, and Adam moves a weight by about its
+# learning rate a step. Fine-tuning the shipped mnist model: at 1x (lr 2e-4, batch 128) the labels were
+# at chance after 1000 steps; at 250x (lr 4e-4, batch 64) the unguided class accuracy was 70% after
+# 500 steps and 94% after 1000 (100 samples each).
 ZERO_START_LR_SCALE = 250.0
 
 
