@@ -77,3 +77,13 @@ def cli_error(capsys):
         return err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny digits DDPM (4 steps) to distil or tune from."""
+    from ddpmkit.train import train
+
+    out = tmp_path_factory.mktemp("teacher")
+    return train(out, {"dataset": "digits", "net": "tiny", "steps": 4, "batch_size": 16, "checkpoint_every": 4,
+                       "sample_every": 100}, quiet=True)

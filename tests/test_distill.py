@@ -17,12 +17,11 @@ from ddpmkit.distill import (Distiller, Pair, with_x0_head, consistency_loss, ic
                              pair_states, teacher_step)
 from ddpmkit.models import load_model
 from ddpmkit.nets import build_unet
-from ddpmkit.nets.unet import timestep_embedding
 from ddpmkit.oracles import GaussianMixture
 from ddpmkit.sampling import sample
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.train import train
 from ddpmkit.vp import x_from_y
+from gaussian_student import ExactPlusCorrection, one_step_errors
 
 SCHED = NoiseSchedule("linear", 1000)
 
@@ -71,22 +70,6 @@ def test_c_skip_limits():
     assert cs[0] == 1.0 and abs(cs[1] - 0.25 / (0.49**2 + 0.25)) < 1e-15 and cs[2] < 1e-4
 
 
-class ExactPlusCorrection(nn.Module):
-    """x0 = the exact Gaussian denoiser + a learnt affine correction that starts at zero: a student
-    initialised from an exact teacher."""
-
-    def __init__(self, oracle):
-        super().__init__()
-        self.oracle = oracle
-        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.SiLU(), nn.Linear(64, 2))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
-
-    def forward(self, x, t):
-        a, b = self.mlp(timestep_embedding(t, 32)).unsqueeze(-1).unbind(1)
-        return self.oracle.denoise(x.double(), abar_tensor(SCHED, t)).float() + a * x + b
-
-
 def test_distillation_of_an_exact_teacher_learns_the_ode_endpoint():
     """On N(0.3, 0.5^2 I) the probability-flow ODE is affine and known in closed form. The student
     starts as the teacher's denoiser, whose one-step output collapses to the mean (RMS error ~ 0.5
@@ -118,12 +101,7 @@ def test_distillation_of_an_exact_teacher_learns_the_ode_endpoint():
         with torch.no_grad():
             torch._foreach_lerp_(list(target.parameters()), list(student.parameters()), 0.05)
 
-    x_T = torch.randn(2000, 4, generator=g)
-    exact = oracle.ode_solution(x_T.double(), SCHED.abar_at(999), SCHED.abar_at(0)) / math.sqrt(SCHED.abar_at(0))
-    with torch.no_grad():
-        one_step = student(x_T, torch.full((2000,), 999, dtype=torch.int64)).double()
-    before = (oracle.denoise(x_T.double(), SCHED.abar_at(999)) - exact).pow(2).mean().sqrt()
-    after = (one_step - exact).pow(2).mean().sqrt()
+    before, after, one_step = one_step_errors(student, oracle, torch.randn(2000, 4, generator=g))
     assert before > 0.45
     assert after < 0.04, after
     assert abs(one_step.std() - 0.5) < 0.03
@@ -216,13 +194,6 @@ def test_cm_multistep_renoises_to_each_grid_point():
     expected = (1 / abar - 1) - (1 / SCHED.abar_at(0) - 1)
     assert added.var().item() == pytest.approx(expected, rel=0.05)
     assert abs(added.mean().item()) < 0.05 * math.sqrt(expected)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    return train(out, {"dataset": "digits", "net": "tiny", "steps": 4, "batch_size": 16, "checkpoint_every": 4,
-                       "sample_every": 100}, quiet=True)
 
 
 @pytest.mark.parametrize("method", ["cd", "ct"])

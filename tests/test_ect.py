@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ddpmkit.consistency import ConsistencyFunction
 from ddpmkit.distill import Distiller, Pair, consistency_loss, pair_states
@@ -18,10 +17,7 @@ from ddpmkit.ect import LOWEST, ect_levels, r_from_t, shared_dropout, stage_at, 
 from ddpmkit.models import load_model
 from ddpmkit.nets import build_unet
 from ddpmkit.oracles import GaussianMixture
-from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.train import train
-
-SCHED = NoiseSchedule("linear", 1000)
+from gaussian_student import SCHED, ExactPlusCorrection, one_step_errors
 
 
 def test_the_mapping_function_shrinks_the_gap_by_q_each_stage():
@@ -67,25 +63,6 @@ def test_the_target_sees_the_students_dropout_mask():
         assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left as it was
 
 
-class ExactPlusCorrection(nn.Module):
-    """x0 = the exact Gaussian denoiser + a learnt affine correction that starts at zero."""
-
-    def __init__(self, oracle):
-        super().__init__()
-        from ddpmkit.nets.unet import timestep_embedding
-
-        self.oracle, self.embed = oracle, timestep_embedding
-        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.SiLU(), nn.Linear(64, 2))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
-
-    def forward(self, x, t):
-        from ddpmkit.consistency import abar_tensor
-
-        a, b = self.mlp(self.embed(t, 32)).unsqueeze(-1).unbind(1)
-        return self.oracle.denoise(x.double(), abar_tensor(SCHED, t)).float() + a * x + b
-
-
 def test_tuning_from_the_exact_denoiser_learns_the_ode_endpoint():
     """On N(0.3, 0.5^2 I) the probability-flow ODE is affine and known in closed form. The consistency
     function starts as the exact denoiser, whose one-step output collapses to the mean (RMS error
@@ -109,21 +86,9 @@ def test_tuning_from_the_exact_denoiser_learns_the_ode_endpoint():
         loss.backward()
         opt.step()
 
-    x_T = torch.randn(2000, 4, generator=torch.Generator().manual_seed(1))
-    exact = oracle.ode_solution(x_T.double(), SCHED.abar_at(999), SCHED.abar_at(0)) / math.sqrt(SCHED.abar_at(0))
-    with torch.no_grad():
-        one_step = f(x_T, torch.full((2000,), 999, dtype=torch.int64)).double()
-    before = (oracle.denoise(x_T.double(), SCHED.abar_at(999)) - exact).pow(2).mean().sqrt()
-    after = (one_step - exact).pow(2).mean().sqrt()
+    before, after, _ = one_step_errors(f, oracle, torch.randn(2000, 4, generator=torch.Generator().manual_seed(1)))
     assert before > 0.45
     assert after < 0.1, after
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    return train(out, {"dataset": "digits", "net": "tiny", "steps": 4, "batch_size": 16, "checkpoint_every": 4,
-                       "sample_every": 100}, quiet=True)
 
 
 def test_an_ect_run_resumes_exactly_and_logs_its_fid(tmp_path, teacher):

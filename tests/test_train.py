@@ -320,7 +320,6 @@ def test_sigterm_saves_the_checkpoint_of_the_last_step(tmp_path):
     """``kill PID`` (SIGTERM, also what a batch system sends before it stops a job) ends a training
     run like Ctrl-C: the checkpoint of the step it was at is written, the exit status is 143 with one
     line, and the run resumes from that step."""
-    import os
     import signal
     import subprocess
     import sys
