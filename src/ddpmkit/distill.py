@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -346,14 +347,19 @@ class Distiller(Trainer):
         return self.optimise(step, lambda: consistency_loss(self.net, target, y_hi, y_lo, pair,
                                                             1.0 / (pair.s_hi - pair.s_lo), cfg.loss, self.huber_c))
 
+    @functools.cached_property
+    def reference(self):
+        """The shipped feature network and statistics of the data, loaded at the first evaluation."""
+        from .measure.reference import load_reference
+
+        return load_reference(FEATURE_NET_FOR[self.teacher.config["data"]["dataset"]])
+
     def evaluate(self) -> dict:
         """FID of 1- and 2-step ``cm`` samples of the EMA model (default grids) on seeds 0..eval_num-1,
         by the shipped feature network of the data: the progress of a run on one fixed seed set."""
-        from .measure.reference import load_reference
         from .measure.score import score
 
-        cfg = self.cfg
-        ref = load_reference(FEATURE_NET_FOR[self.teacher.config["data"]["dataset"]])
+        cfg, ref = self.cfg, self.reference
         out = {}
         for steps in (1, 2):
             x = sample(self.ema, self.schedule, sampler="cm", steps=steps, prediction="x0",
