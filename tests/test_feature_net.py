@@ -58,8 +58,13 @@ def test_mnist_classifier_accuracy_and_reference_statistics(mnist_dir):
     feats, _ = predict(net, test.to_float())
     mu, sigma = metrics.feature_statistics(feats)
     with safe_open(str(ASSETS / "mnist_stats.safetensors"), "pt") as f:
-        np.testing.assert_allclose(f.get_tensor("mu").numpy(), mu, rtol=1e-6, atol=1e-8)
-        np.testing.assert_allclose(f.get_tensor("sigma").numpy(), sigma, rtol=1e-6, atol=1e-8)
+        mu0, sigma0 = f.get_tensor("mu").numpy(), f.get_tensor("sigma").numpy()
+    # The features are float32 network outputs, and another CPU's kernels round them differently
+    # (CI: covariance entries 4e-7 off, 3e-5 relatively, on a scale of 20), so the statistics agree
+    # to float32's precision relative to their own scale, and their FID to each other is nil.
+    np.testing.assert_allclose(mu0, mu, rtol=0, atol=1e-5 * np.abs(mu0).max())
+    np.testing.assert_allclose(sigma0, sigma, rtol=0, atol=1e-5 * np.abs(sigma0).max())
+    assert metrics.frechet_distance(mu0, sigma0, mu, sigma) < 1e-4
 
 
 def test_real_digits_score_like_the_data():
