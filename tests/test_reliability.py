@@ -1,6 +1,6 @@
 """Faults as a user meets them: a full disk and closed pipes. Each failure is one line naming the
-file, a non-zero exit, and nothing half-written left behind. (Kills, NaN runs, damaged caches and
-torn logs: test_train.py and test_measure.py.)"""
+file, a non-zero exit, and nothing half-written left behind; kill -9 during training, distillation
+and eval. (NaN runs, damaged caches and torn logs: test_train.py and test_measure.py.)"""
 
 import os
 import pathlib
@@ -116,3 +116,61 @@ def test_kill_9_during_eval_resumes_from_the_cached_chunks(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["cached_samples"] >= 500
     assert not list(cache.rglob(".*.tmp*"))
+
+
+KILLED_RUNS = {  # runs that checkpoint at every step, built in a fresh interpreter
+    "train": ("from ddpmkit.train import Trainer as Run; Run({out!r}, {{'dataset': 'digits', 'net': 'tiny', "
+              "'batch_size': 32, 'steps': 100000, 'checkpoint_every': 1, 'log_every': 1, 'sample_every': 100000}}, "
+              "quiet=True).run()"),
+    "distill": ("from ddpmkit.distill import Distiller as Run; Run({out!r}, {{'teacher': {teacher!r}, 'method': 'ect', "
+                "'batch_size': 8, 'steps': 100000, 'checkpoint_every': 1, 'log_every': 1, 'sample_every': 100000}}, "
+                "quiet=True).run()"),
+}
+
+
+@pytest.mark.parametrize("kind", KILLED_RUNS)
+def test_kill_9_while_checkpointing_leaves_a_run_that_resumes(tmp_path, teacher, kind):
+    """A training or distillation process killed at once (SIGKILL, no cleanup) while it checkpoints
+    every step: the checkpoint it left loads, the run resumes by a step, and that start removes
+    every temporary file the killed writer left (safetensors' own included)."""
+    import signal
+    import time
+
+    from ddpmkit.checkpoint import read_config
+    from ddpmkit.distill import Distiller
+    from ddpmkit.train import Trainer
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUNS[kind].format(out=str(out), teacher=str(teacher))])
+    try:
+        deadline = time.monotonic() + 300  # generous: a loaded machine is slow to import torch
+        while time.monotonic() < deadline and not (out / "checkpoint.safetensors").exists():
+            time.sleep(0.2)
+        time.sleep(1.0)  # a few checkpoints later, likely in the middle of one
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (out / "checkpoint.safetensors").exists(), "the run wrote no checkpoint in 300 s"
+    step = read_config(out / "checkpoint.safetensors")["step"]
+    run = {"train": Trainer, "distill": Distiller}[kind]
+    run(out, {"steps": step + 1}, resume=True, quiet=True).run()
+    assert read_config(out / "checkpoint.safetensors")["step"] == step + 1
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_what_a_library_writes_beside_a_temp_file_goes_with_it(tmp_path):
+    """safetensors' save_file writes a full-size sibling ``.tmpXXXXXX`` of the path it is given and
+    renames it: a writer killed (SIGKILL) at that moment leaves it in atomic_path's private folder,
+    which the next start removes, so the user's folder holds only what it held before."""
+    from ddpmkit.files import remove_stale_temps
+
+    (tmp_path / "model.safetensors").write_text("the user's saved model")
+    code = ("import os, signal, sys; from ddpmkit.files import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    (tmp.parent / '.tmpAbC123').write_bytes(b'half of a checkpoint')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.safetensors")], timeout=300)
+    assert r.returncode == -9
+    assert len(remove_stale_temps(tmp_path)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert (tmp_path / "model.safetensors").read_text() == "the user's saved model"

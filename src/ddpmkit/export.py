@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import save_checkpoint
-from .files import _umask
+from .files import _umask, remove_stale_temps
 from .models.diffusers_folder import SIDECAR, sidecar_base
 from .nets.unet import UNet, level_sizes
 from .schedule import NoiseSchedule
@@ -203,7 +203,8 @@ def export_diffusers(model, out_dir: str | os.PathLike, *, pipeline: str = "ddpm
     weights = unet_state_dict(model.net)
     made = [d for d in out.parents if not d.exists()]  # the missing parents, removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    remove_stale_temps(out.parent)  # what a killed export left
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         for name, config in files.items():
             (tmp / name).parent.mkdir(exist_ok=True)

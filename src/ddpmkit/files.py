@@ -8,47 +8,54 @@ import hashlib
 import os
 import pathlib
 import re
+import shutil
 import tempfile
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``
-    (atomic on POSIX), on error it is removed and ``path`` is left as it was. The temporary file is
-    named ``.NAME.PID.XXXX.tmp.SUFFIX`` after the writer, so that one a killed writer left behind
-    can be told apart from a live one's (``remove_stale_temps``)."""
+    """Yield a temporary path for ``path``; on success it is fsynced and renamed over ``path``
+    (atomic on POSIX), on error it is removed and ``path`` is left as it was.
+
+    The temporary file lies in a private folder beside ``path``, ``.NAME.PID.XXXX.tmp/NAME``, named
+    after the writer so that one a killed writer left behind can be told apart from a live one's
+    (``remove_stale_temps``). The folder also catches what a library writes beside the file it is
+    given: safetensors' ``save_file`` writes a full-size ``.tmpXXXXXX`` sibling and renames it, which
+    a kill would otherwise leave in the user's folder, under a name no one could attribute."""
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    folder = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = folder / path.name
     try:
-        yield pathlib.Path(tmp)
+        tmp.touch()
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        # give the file the mode that a plain open() of path would have
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp(\.\w+)?$")
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[pathlib.Path]:
-    """Remove the temporary files of ``atomic_path`` in ``folder`` whose writer no longer runs (a
-    process killed mid-write); returns them. A live writer's, this process's included, stay."""
+    """Remove the temporary files and folders of ``atomic_path`` in ``folder`` whose writer no longer
+    runs (a process killed mid-write); returns them. A live writer's, this process's included, stay."""
     removed = []
     for p in pathlib.Path(folder).glob(".*.tmp*"):
         m = _TEMP.match(p.name)
         if m is None or _alive(int(m["pid"])):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            removed.append(p)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
     return removed
 
 
