@@ -174,3 +174,21 @@ def test_what_a_library_writes_beside_a_temp_file_goes_with_it(tmp_path):
     assert len(remove_stale_temps(tmp_path)) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
     assert (tmp_path / "model.safetensors").read_text() == "the user's saved model"
+
+
+def test_every_option_of_every_command_refuses_bad_values_cleanly(one_thread):
+    """benchmarks/bad_inputs.py's campaign (words, NaN, inf and negatives for numbers, 0 and 1.5 for
+    counts, unknown names, missing, foreign and truncated files, unwritable outputs, for each of the
+    commands' options): each is refused with exit 2 and one line naming it, before any network call
+    (a tripwire on torch.nn.Module.__call__), leaving no file."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bad_inputs.py"
+    spec = importlib.util.spec_from_file_location("bad_inputs", path)
+    bad_inputs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bad_inputs)
+    cases = bad_inputs.campaign()
+    assert len(cases) > 500 and {c["command"] for c in cases} >= {"train", "distill", "sample", "eval", "bench",
+                                                                  "tune", "moments", "export", "demo"}
+    assert [(c["command"], c["option"], c["value"], c["outcome"], c["stderr"][:1]) for c in cases
+            if c["outcome"] != "clean"] == []

@@ -48,13 +48,13 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], c
 
 def read_config(path: str | os.PathLike) -> dict:
     """The JSON config of a checkpoint, validated; raises CheckpointError naming the problem."""
-    with _open(path) as f:
+    with open_safetensors(path) as f:
         return _config_of(f, path)
 
 
 def load_tensors(path: str | os.PathLike, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors whose names start with ``prefix`` (prefix stripped), and the config."""
-    with _open(path) as f:
+    with open_safetensors(path) as f:
         config = _config_of(f, path)
         names = [k for k in f.keys() if k.startswith(prefix)]
         if not names:
@@ -97,7 +97,10 @@ def check_finite(module: torch.nn.Module, path) -> None:
                               "cannot be sampled; use a checkpoint from before training diverged")
 
 
-class _open:
+class open_safetensors:
+    """``safe_open`` of a file (framework pt) whose failures, a missing, truncated or foreign file,
+    are a CheckpointError naming the path."""
+
     def __init__(self, path):
         self.path = pathlib.Path(path)
 

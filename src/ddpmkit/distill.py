@@ -123,12 +123,17 @@ class DistillConfig:
             raise ValueError(f"ct_s1={self.ct_s1} must be >= ct_s0={self.ct_s0}")
         if self.target_decay is not None and not 0.0 <= self.target_decay < 1.0:
             raise ValueError(f"target_decay={self.target_decay} must be in [0, 1)")
-        if self.sigma_data <= 0:
-            raise ValueError(f"sigma_data={self.sigma_data} must be > 0")
+        if not (self.sigma_data > 0 and math.isfinite(self.sigma_data)):
+            raise ValueError(f"sigma_data={self.sigma_data} must be a finite number > 0")
         if self.method in ("cd", "ect") and self.init == "scratch":
             raise ValueError(f"init='scratch' is for method ct; {self.method} starts from the teacher")
         if not (self.ect_q > 1 and math.isfinite(self.ect_q)):
             raise ValueError(f"ect_q={self.ect_q} must be a finite number > 1")
+        if not (self.ect_k >= 0 and math.isfinite(self.ect_k)):
+            raise ValueError(f"ect_k={self.ect_k} must be a finite number >= 0")
+        for name in ("ect_b", "p_mean"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} must be a finite number")
         if not (self.p_std > 0 and math.isfinite(self.p_std)):
             raise ValueError(f"p_std={self.p_std} must be a finite number > 0")
         if self.huber_c is not None and not (self.huber_c >= 0 and math.isfinite(self.huber_c)):

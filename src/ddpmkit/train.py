@@ -98,8 +98,9 @@ class TrainConfig:
             raise ValueError(f"label_dropout={self.label_dropout} must be in [0, 1]")
         if self.class_lr is not None and not (self.class_lr > 0 and math.isfinite(self.class_lr)):
             raise ValueError(f"class_lr={self.class_lr} must be a finite number > 0")
-        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
-            raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
+        if self.min_snr_gamma is not None and not (self.min_snr_gamma > 0 and math.isfinite(self.min_snr_gamma)):
+            raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be a finite number > 0 (leave it out for "
+                             "no weighting)")
 
 
 PRECISIONS = ("fp32", "bf16")

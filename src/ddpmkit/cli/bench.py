@@ -46,8 +46,8 @@ def run(args) -> None:
     check_folder("--out", args.out)
     check_writable(out, out)
     check_measure(args)
-    preset = bench.PRESETS.get(args.preset) if args.preset else None
-    if args.preset and preset is None:
+    preset = bench.PRESETS.get(args.preset) if args.preset is not None else None
+    if args.preset is not None and preset is None:
         raise ValueError(f"unknown preset {args.preset!r}; valid: {', '.join(bench.PRESETS)}")
     specs = preset["samplers"] if preset else bench.split_specs(args.samplers)
     nfes = preset["nfe"] if preset else positive_int_list("--nfe", args.nfe)

@@ -14,9 +14,9 @@ import pathlib
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..checkpoint import CheckpointError, load_into, open_safetensors
 from ..files import atomic_path
 from ..images import from_levels, to_levels
 from ..nets.classifier import FeatureClassifier
@@ -85,9 +85,13 @@ def load_feature_net(name_or_path: str = "mnist") -> tuple[FeatureClassifier, di
     if not path.is_file():
         shipped = sorted(p.name.split("_")[0] for p in ASSETS.glob("*_classifier.safetensors"))
         raise ValueError(f"no feature network {name_or_path!r}; shipped: {', '.join(shipped) or 'none'}")
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    net = FeatureClassifier(**json.loads(meta["config"]))
-    net.load_state_dict(tensors, strict=True)
-    return net.eval().requires_grad_(False), json.loads(meta.get("card", "{}"))
+    try:
+        net, card = FeatureClassifier(**json.loads(meta["config"])), json.loads(meta.get("card", "{}"))
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: JSON's decode error, a bad size
+        raise CheckpointError(f"{path} is not a ddpmkit feature network: its header has no usable 'config' "
+                              f"({type(e).__name__}: {e})") from None
+    load_into(net, tensors, path)
+    return net.eval().requires_grad_(False), card

@@ -58,8 +58,8 @@ def _sigmas(schedule, grid) -> tuple[list[float], list[float]]:
 
 
 def _check_s_noise(s_noise) -> None:
-    if not s_noise >= 0:
-        raise ValueError(f"s_noise={s_noise} must be >= 0")
+    if not (s_noise >= 0 and math.isfinite(s_noise)):
+        raise ValueError(f"s_noise={s_noise} must be a finite number >= 0")
 
 
 def check_edm(schedule, grid, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
@@ -67,8 +67,10 @@ def check_edm(schedule, grid, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tm
     """The errors ``euler`` and ``heun`` raise for these options on this schedule and grid: the churn
     parameters, then a finite sigma at every grid point."""
     # written as "not valid" so that NaN fails too
-    if not (s_churn >= 0 and s_tmin >= 0 and s_tmax >= s_tmin and s_noise >= 0 and math.isfinite(s_churn)):
-        raise ValueError(f"need s_churn >= 0, 0 <= s_tmin <= s_tmax, s_noise >= 0; got s_churn={s_churn}, "
+    if not (s_churn >= 0 and s_tmin >= 0 and s_tmax >= s_tmin and s_noise >= 0
+            and math.isfinite(s_churn) and math.isfinite(s_tmin) and math.isfinite(s_noise)):
+        raise ValueError(f"need finite s_churn >= 0, 0 <= s_tmin <= s_tmax (s_tmax may be inf), finite s_noise >= 0; "
+                         f"got s_churn={s_churn}, "
                          f"s_tmin={s_tmin}, s_tmax={s_tmax}, s_noise={s_noise}")
     _sigmas(schedule, grid)
 
