@@ -118,14 +118,48 @@ def test_kill_9_during_eval_resumes_from_the_cached_chunks(tmp_path):
     assert not list(cache.rglob(".*.tmp*"))
 
 
-KILLED_RUNS = {  # runs that checkpoint at every step, built in a fresh interpreter
-    "train": ("from ddpmkit.train import Trainer as Run; Run({out!r}, {{'dataset': 'digits', 'net': 'tiny', "
-              "'batch_size': 32, 'steps': 100000, 'checkpoint_every': 1, 'log_every': 1, 'sample_every': 100000}}, "
-              "quiet=True).run()"),
-    "distill": ("from ddpmkit.distill import Distiller as Run; Run({out!r}, {{'teacher': {teacher!r}, 'method': 'ect', "
-                "'batch_size': 8, 'steps': 100000, 'checkpoint_every': 1, 'log_every': 1, 'sample_every': 100000}}, "
-                "quiet=True).run()"),
+KILLED_RUNS = {  # (module, class, options) of small runs, each checkpointing at every step
+    "train": ("ddpmkit.train", "Trainer", {"dataset": "digits", "net": "tiny", "batch_size": 32}),
+    "distill": ("ddpmkit.distill", "Distiller", {"method": "ect", "batch_size": 8}),
 }
+
+
+def killed_run(kind: str, teacher, steps: int):
+    """The run's class and its options (``teacher``: the distillation's)."""
+    module, name, opts = KILLED_RUNS[kind]
+    opts = dict(opts, steps=steps, checkpoint_every=1, log_every=1, sample_every=100000)
+    if kind == "distill":
+        opts["teacher"] = str(teacher)
+    return getattr(__import__(module, fromlist=[name]), name), opts
+
+
+def start_and_kill(kind: str, out: pathlib.Path, teacher, after: float, steps: int = 100000) -> None:
+    """Start (or resume) a KILLED_RUNS run in a subprocess; SIGKILL it ``after`` seconds after it
+    has a checkpoint (a resumed run: after it wrote a newer one)."""
+    import contextlib
+    import signal
+    import time
+
+    from ddpmkit.checkpoint import CheckpointError, read_config
+
+    ckpt = out / "checkpoint.safetensors"
+    before = read_config(ckpt)["step"] if ckpt.exists() else 0
+    run, opts = killed_run(kind, teacher, steps)
+    code = (f"from {run.__module__} import {run.__name__} as Run; "
+            f"Run({str(out)!r}, {opts!r}, resume={before > 0}, quiet=True).run()")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300  # generous: a loaded machine is slow to import torch
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(CheckpointError):  # none yet (never half of one: writes are atomic)
+                if read_config(ckpt)["step"] > before:
+                    break
+            time.sleep(0.05)
+        time.sleep(after)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert ckpt.exists(), "the run wrote no checkpoint in 300 s"
 
 
 @pytest.mark.parametrize("kind", KILLED_RUNS)
@@ -133,28 +167,46 @@ def test_kill_9_while_checkpointing_leaves_a_run_that_resumes(tmp_path, teacher,
     """A training or distillation process killed at once (SIGKILL, no cleanup) while it checkpoints
     every step: the checkpoint it left loads, the run resumes by a step, and that start removes
     every temporary file the killed writer left (safetensors' own included)."""
-    import signal
-    import time
-
     from ddpmkit.checkpoint import read_config
-    from ddpmkit.distill import Distiller
-    from ddpmkit.train import Trainer
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUNS[kind].format(out=str(out), teacher=str(teacher))])
-    try:
-        deadline = time.monotonic() + 300  # generous: a loaded machine is slow to import torch
-        while time.monotonic() < deadline and not (out / "checkpoint.safetensors").exists():
-            time.sleep(0.2)
-        time.sleep(1.0)  # a few checkpoints later, likely in the middle of one
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert (out / "checkpoint.safetensors").exists(), "the run wrote no checkpoint in 300 s"
+    start_and_kill(kind, out, teacher, after=1.0)  # a few checkpoints later, likely in the middle of one
     step = read_config(out / "checkpoint.safetensors")["step"]
-    run = {"train": Trainer, "distill": Distiller}[kind]
+    run, _ = killed_run(kind, teacher, step + 1)
     run(out, {"steps": step + 1}, resume=True, quiet=True).run()
     assert read_config(out / "checkpoint.safetensors")["step"] == step + 1
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KILLED_RUNS)
+def test_a_run_killed_again_and_again_ends_as_if_never_killed(tmp_path, teacher, kind, one_thread):
+    """Eight SIGKILLs at random moments (0 to 1.5 s after each start's first new checkpoint), each
+    followed by a resume: every checkpoint and model file left loads, and the run finished from
+    there has the weights, bit for bit, and the log of one that ran straight through (all of it on
+    one thread, as the killed processes ran: float sums may differ between thread counts)."""
+    import json
+    import random
+
+    from ddpmkit.checkpoint import read_config
+    from ddpmkit.models import load_model
+
+    rng = random.Random(0)
+    out, straight = tmp_path / "killed", tmp_path / "straight"
+    for _ in range(8):
+        start_and_kill(kind, out, teacher, after=rng.uniform(0.0, 1.5))
+        read_config(out / "checkpoint.safetensors")
+        if (out / "model.safetensors").exists():
+            load_model(out / "model.safetensors")
+    steps = read_config(out / "checkpoint.safetensors")["step"] + 2
+    run, opts = killed_run(kind, teacher, steps)
+    run(out, {"steps": steps}, resume=True, quiet=True).run()
+    run(straight, opts, quiet=True).run()
+    a, b = load_model(out / "model.safetensors"), load_model(straight / "model.safetensors")
+    for (name, v), (_, w) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+        assert torch.equal(v, w), name
+    log = [json.loads(ln)["step"] for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, steps + 1))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
