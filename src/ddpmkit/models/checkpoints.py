@@ -20,7 +20,7 @@ SHIPPED_DIR = pathlib.Path(__file__).parent.parent / "assets" / "models"
 # models that ship inside the package, by name (their cards: assets/models/README.md)
 SHIPPED = {"mnist": "a DDPM on MNIST (28x28, eps, linear schedule, T = 1000)",
            "mnist-cond": "the MNIST DDPM fine-tuned with class labels (sample with --class and --guidance)",
-           "mnist-cm": "the MNIST DDPM distilled into a consistency model (sample with --sampler cm)"}
+           "mnist-cm": "the MNIST DDPM tuned into a consistency model by ECT (sample with --sampler cm)"}
 DEFAULT_MODEL = "mnist"
 
 
