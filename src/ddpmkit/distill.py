@@ -46,7 +46,7 @@ from .measure.reference import FEATURE_NET_FOR
 from .models import build_net, load_model
 from .samplers.edm import heun_step
 from .sampling import sample
-from .train import TrainConfig, Trainer, autocast, check_run_options, option, step_seed
+from .train import TrainConfig, Trainer, autocast, check_number, check_run_options, option, step_seed
 from .vp import abar_from_sigma, sigma_from_abar, x0_from_output, x_from_y
 
 METHODS = ("cd", "ct", "ect")
@@ -123,21 +123,15 @@ class DistillConfig:
             raise ValueError(f"ct_s1={self.ct_s1} must be >= ct_s0={self.ct_s0}")
         if self.target_decay is not None and not 0.0 <= self.target_decay < 1.0:
             raise ValueError(f"target_decay={self.target_decay} must be in [0, 1)")
-        if not (self.sigma_data > 0 and math.isfinite(self.sigma_data)):
-            raise ValueError(f"sigma_data={self.sigma_data} must be a finite number > 0")
+        check_number(self, "sigma_data", above=0)
         if self.method in ("cd", "ect") and self.init == "scratch":
             raise ValueError(f"init='scratch' is for method ct; {self.method} starts from the teacher")
-        if not (self.ect_q > 1 and math.isfinite(self.ect_q)):
-            raise ValueError(f"ect_q={self.ect_q} must be a finite number > 1")
-        if not (self.ect_k >= 0 and math.isfinite(self.ect_k)):
-            raise ValueError(f"ect_k={self.ect_k} must be a finite number >= 0")
-        for name in ("ect_b", "p_mean"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name}={getattr(self, name)} must be a finite number")
-        if not (self.p_std > 0 and math.isfinite(self.p_std)):
-            raise ValueError(f"p_std={self.p_std} must be a finite number > 0")
-        if self.huber_c is not None and not (self.huber_c >= 0 and math.isfinite(self.huber_c)):
-            raise ValueError(f"huber_c={self.huber_c} must be a finite number >= 0")
+        check_number(self, "ect_q", above=1)
+        check_number(self, "ect_k", at_least=0)
+        check_number(self, "ect_b")
+        check_number(self, "p_mean")
+        check_number(self, "p_std", above=0)
+        check_number(self, "huber_c", at_least=0)
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if self.eval_num < 4:

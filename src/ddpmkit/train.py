@@ -96,11 +96,8 @@ class TrainConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if not 0.0 <= self.label_dropout <= 1.0:  # 1: every label dropped, an unconditional run
             raise ValueError(f"label_dropout={self.label_dropout} must be in [0, 1]")
-        if self.class_lr is not None and not (self.class_lr > 0 and math.isfinite(self.class_lr)):
-            raise ValueError(f"class_lr={self.class_lr} must be a finite number > 0")
-        if self.min_snr_gamma is not None and not (self.min_snr_gamma > 0 and math.isfinite(self.min_snr_gamma)):
-            raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be a finite number > 0 (leave it out for "
-                             "no weighting)")
+        check_number(self, "class_lr", above=0)
+        check_number(self, "min_snr_gamma", above=0, note=" (leave it out for no weighting)")
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -109,6 +106,19 @@ PRECISIONS = ("fp32", "bf16")
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+
+
+def check_number(cfg, name: str, *, above: float | None = None, at_least: float | None = None,
+                 note: str = "") -> None:
+    """That option ``name`` of ``cfg`` is a finite number, ``> above`` or ``>= at_least`` where given;
+    None (an option left unset) passes. The error names the value and what is valid, then ``note``."""
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    # written as "valid" tests so that NaN fails every one
+    if not (math.isfinite(value) and (above is None or value > above) and (at_least is None or value >= at_least)):
+        bound = f" > {above:g}" if above is not None else f" >= {at_least:g}" if at_least is not None else ""
+        raise ValueError(f"{name}={value} must be a finite number{bound}{note}")
 
 
 def check_run_options(cfg, positive: tuple[str, ...] = ()) -> None:
@@ -121,11 +131,9 @@ def check_run_options(cfg, positive: tuple[str, ...] = ()) -> None:
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay={cfg.ema_decay} must be in [0, 1)")
     for name in ("lr", "grad_clip"):
-        if not getattr(cfg, name) > 0 or not math.isfinite(getattr(cfg, name)):  # NaN fails both
-            raise ValueError(f"{name}={getattr(cfg, name)} must be a finite number > 0")
+        check_number(cfg, name, above=0)
     for name in ("warmup", "weight_decay"):
-        if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
-            raise ValueError(f"{name}={getattr(cfg, name)} must be a finite number >= 0")
+        check_number(cfg, name, at_least=0)
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
