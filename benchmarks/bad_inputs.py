@@ -81,7 +81,8 @@ def values_for(action: argparse.Action) -> list[str]:
     else:
         values = {"float": FLOAT, "positive_int": POSITIVE_INT, "nonneg_int": NONNEG_INT, "int": INT,
                   "device_arg": DEVICE, "parse_bool": BOOL, "timestep_list": TIMESTEPS, "class_list": CLASSES,
-                  "interval_arg": INTERVAL, "scheduler_config_arg": CONFIG_FILES}.get(kind, CHOICE)
+                  "interval_arg": INTERVAL, "scheduler_config_arg": CONFIG_FILES,
+                  "micro_batch_arg": ["0", "1.5", "none", "-16"]}.get(kind, CHOICE)
     return [v for v in values if v not in VALID.get(flag, set())]
 
 

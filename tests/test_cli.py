@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ddpmkit.cli import main
+from ddpmkit.sampling import MICRO_BATCH
 
 
 def run(*args):
@@ -78,7 +79,8 @@ def demo_module():
 def demo_counting_network_calls(tmp_path, monkeypatch, capsys, num):
     """``ddpmkit demo --num NUM`` in-process; returns its table's rows after checking its NFE column
     against the network calls counted on the models it loads (a forward hook, outside the sampler's
-    own bookkeeping): per row, the samples evaluated before that row is scored / the samples drawn."""
+    own bookkeeping): per row, the samples evaluated before that row is scored / the samples drawn
+    (NUM, at most one batch of the demo, padded to whole micro-batches)."""
     demo = demo_module()
     real_load, real_score, hooks, evaluated, counted = demo.load_model, demo.score, [], [0], []
 
@@ -91,7 +93,8 @@ def demo_counting_network_calls(tmp_path, monkeypatch, capsys, num):
         return m
 
     def score(levels, *args, **kwargs):  # once per row, after its sampling
-        counted.append(evaluated[0] / len(levels))
+        # the network sees whole micro-batches on the CPU: the samples drawn, padded up to them
+        counted.append(evaluated[0] / (-(-len(levels) // MICRO_BATCH) * MICRO_BATCH))
         evaluated[0] = 0
         return real_score(levels, *args, **kwargs)
 

@@ -82,10 +82,10 @@ def test_an_unwritable_out_is_refused_before_sampling_even_for_root(cli_error):
     assert "--out /proc/nope/a.png cannot be written: /proc is not a writable folder" in err
 
 
-def test_torchrun_is_refused_until_several_processes_are_supported(cli_error, monkeypatch, tmp_path):
+def test_torchrun_is_refused_by_the_commands_that_run_in_one_process(cli_error, monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    err = cli_error("train", "--dataset", "digits", "--out", tmp_path / "run")
-    assert "WORLD_SIZE=2: ddpmkit runs in one process" in err and not (tmp_path / "run").exists()
+    err = cli_error("distill", "--teacher", "mnist", "--out", tmp_path / "run")
+    assert "WORLD_SIZE=2: `ddpmkit distill` runs in one process" in err and not (tmp_path / "run").exists()
 
 
 def test_kill_9_during_eval_resumes_from_the_cached_chunks(tmp_path):

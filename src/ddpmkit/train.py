@@ -3,7 +3,7 @@
 Every random choice of step k — the batch (a per-epoch permutation), the timesteps, the noise and
 dropout — is drawn from generators seeded by (seed, k), never from running RNG state. Resuming
 from the checkpoint of step k therefore continues exactly as the uninterrupted run would have,
-and a data-parallel version only has to give each rank its slice of the same batch.
+and under torchrun (``distributed``) every process draws the same batch and trains on its slice.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import time
 
 import torch
 
+from . import distributed
 from .checkpoint import load_into, load_tensors, nonfinite_tensors, read_config, save_checkpoint
 from .data import DATA_RANGE, ImageDataset, load_dataset
 from .files import remove_stale_temps, write_text
 from .images import grid_scale, labelled_grid, save_image
-from .machine import deferred_interrupts
+from .machine import Terminated, deferred_interrupts
 from .nets import build_unet
 from .prediction import check_prediction, training_target
 from .sampling import sample
@@ -62,7 +63,8 @@ class TrainConfig:
     T: int = option(1000, "number of diffusion timesteps")
     prediction: str = option("eps", "what the network predicts: eps, x0 or v")
     steps: int = option(5000, "total optimisation steps (with --resume: the new total)")
-    batch_size: int = option(128, "images per step")
+    batch_size: int = option(128, "images per step; under torchrun the global batch, split evenly between the "
+                             "processes")
     lr: float = option(2e-4, "AdamW learning rate after warm-up")
     warmup: int = option(200, "linear learning-rate warm-up steps", "count")
     weight_decay: float = option(0.0, "AdamW weight decay")
@@ -214,6 +216,7 @@ class Trainer:
     ``config``; checkpoints, resume and the loop are shared."""
 
     Config = TrainConfig
+    DISTRIBUTED = True  # runs under torchrun: DistributedDataParallel, each process a slice of every batch
     MAX_NONFINITE = 5  # non-finite steps in a row (each skipped) after which a run stops
     CHANGEABLE = ("steps", "data_dir", "download", "checkpoint_every", "sample_every", "log_every", "precision")
 
@@ -244,6 +247,12 @@ class Trainer:
             cfg = self.Config(**options)
         cfg.validate()
         self.cfg = cfg
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        if self.world > 1:
+            if not self.DISTRIBUTED:
+                raise ValueError(f"{type(self).__name__} runs in one process; run it without torchrun")
+            distributed.check_divides(cfg.batch_size)
+        self.part = distributed.my_slice(cfg.batch_size)  # this process's rows of every global batch
         self._setup()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
@@ -252,14 +261,16 @@ class Trainer:
         self.opt = make_optimizer(self.param_groups(), self.cfg)
         self.step, self.wall = 0, 0.0
         self.skipped = False  # whether the last step was skipped for a non-finite loss or gradient
-        self.out.mkdir(parents=True, exist_ok=True)
-        for folder in (self.out, self.out / "samples"):  # what a killed earlier start of this run left half-written
-            if folder.is_dir():
-                remove_stale_temps(folder)
+        if self.main:  # rank 0 alone writes: folders, logs, grids, checkpoints
+            self.out.mkdir(parents=True, exist_ok=True)
+            for folder in (self.out, self.out / "samples"):  # what a killed earlier start of this run left half-written
+                if folder.is_dir():
+                    remove_stale_temps(folder)
         if resume:
             self._load(ckpt)
-        else:
+        elif self.main:
             self._set_aside_stale_log()
+        self.forward_net = self._data_parallel()
 
     def _setup(self) -> None:
         cfg = self.cfg
@@ -363,7 +374,8 @@ class Trainer:
             state.setdefault(int(idx), {})[key] = value
         self.opt.load_state_dict({"state": state, "param_groups": config["optimizer"]["param_groups"]})
         self.step, self.wall = int(config["step"]), float(config.get("wall_time_s", 0.0))
-        self._truncate_log()
+        if self.main:
+            self._truncate_log()
 
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint we resume from (an interrupted tail), and a
@@ -394,11 +406,29 @@ class Trainer:
                   f"{aside.name}", file=sys.stderr)
 
     # -- the loop ------------------------------------------------------------------------------
+    def _data_parallel(self) -> torch.nn.Module:
+        """What the loss calls: under torchrun ``self.net`` in DistributedDataParallel (gradients
+        averaged over the processes in the backward pass), with dropout masks drawn for the whole
+        batch (``global_dropout``); in one process ``self.net`` itself."""
+        if self.world == 1:
+            return self.net
+        from torch.nn.parallel import DistributedDataParallel
+
+        global_dropout(self.net, self.part, self.cfg.batch_size)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.net, device_ids=ids)
+
     def data_batch(self, step: int) -> tuple[torch.Tensor, torch.Generator]:
-        """The images of ``step`` on the device, and the CPU generator of that step's other draws."""
+        """This process's images of ``step`` on the device (under torchrun its slice of the global
+        batch; else all of it), and the CPU generator of that step's other draws."""
         cfg = self.cfg
-        idx = self.batch_indices(step)
+        idx = self.batch_indices(step)[self.part]
         return self.data.batch(idx).to(self.device), torch.Generator().manual_seed(step_seed(cfg.seed, step, "noise"))
+
+    def draw(self, g: torch.Generator, draw, *shape, **kw) -> torch.Tensor:
+        """``draw(batch_size, *shape, generator=g)`` for the whole global batch (so that every process
+        draws what a single process draws), this process's rows of it."""
+        return draw((self.cfg.batch_size, *shape), generator=g, **kw)[self.part]
 
     def batch_indices(self, step: int) -> torch.Tensor:
         return batch_indices(len(self.data), self.cfg.batch_size, self.cfg.seed, step)
@@ -410,6 +440,7 @@ class Trainer:
             return None
         labels = self.data.labels[self.batch_indices(step)].clone()
         dropped = torch.rand(len(labels), generator=g) < self.cfg.label_dropout
+        labels, dropped = labels[self.part], dropped[self.part]
         labels[dropped] = self.data.num_classes
         return labels.to(self.device)
 
@@ -426,8 +457,10 @@ class Trainer:
             with autocast(self.device, cfg.precision):
                 loss = loss_fn()
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DistributedDataParallel: the gradient averaged over the processes
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        if self.world > 1:  # the batch's loss, the same on every process, so they skip a step together
+            loss = distributed.all_sum(loss.detach().float()) / self.world
         self.skipped = not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
         if self.skipped:
             self.opt.zero_grad(set_to_none=True)
@@ -443,10 +476,10 @@ class Trainer:
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         x0, g = self.data_batch(step)
-        t = torch.randint(0, cfg.T, (len(x0),), generator=g).to(self.device)
-        eps = torch.randn(x0.shape, generator=g).to(self.device)
+        t = self.draw(g, lambda size, **kw: torch.randint(0, cfg.T, size, **kw)).to(self.device)
+        eps = self.draw(g, torch.randn, *x0.shape[1:]).to(self.device)
         labels = self.batch_labels(step, g)
-        return self.optimise(step, lambda: diffusion_loss(self.net, x0, t, eps, self.abar, cfg.prediction,
+        return self.optimise(step, lambda: diffusion_loss(self.forward_net, x0, t, eps, self.abar, cfg.prediction,
                                                           cfg.min_snr_gamma, labels))
 
     def sample_grid(self, path, n: int = 64) -> None:
@@ -460,8 +493,9 @@ class Trainer:
 
     def _skip(self, in_a_row: int) -> None:
         """Log a step skipped for a non-finite loss or gradient; stop after MAX_NONFINITE in a row."""
-        with open(self.out / LOG, "a") as f:
-            f.write(json.dumps({"step": self.step, "skipped": "the loss or gradient is not finite"}) + "\n")
+        if self.main:
+            with open(self.out / LOG, "a") as f:
+                f.write(json.dumps({"step": self.step, "skipped": "the loss or gradient is not finite"}) + "\n")
         if in_a_row >= self.MAX_NONFINITE:
             ckpt = self.out / CHECKPOINT
             saved = _last_saved_step(ckpt)
@@ -473,8 +507,10 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        (self.out / "samples").mkdir(exist_ok=True)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
+        if self.main:
+            (self.out / "samples").mkdir(exist_ok=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet or not self.main, unit="step",
+                   dynamic_ncols=True)
         window, window_start, window_first, in_a_row = [], time.perf_counter(), self.step, 0
         consistent, saved = True, None  # consistent: False while the weights are ahead of self.step
         try:
@@ -498,7 +534,9 @@ class Trainer:
                         mean_loss = torch.stack(window).mean().item() if window else None
                     # training time only (no grids, no saves); exact at log lines, where the device has caught up
                     self.wall += time.perf_counter() - start
-                    if logging:
+                    if logging and not self.main:  # rank 0 logs; the others only start a new window
+                        window, window_start, window_first = [], time.perf_counter(), self.step
+                    elif logging:
                         elapsed = time.perf_counter() - window_start
                         rate = (self.step - window_first) * cfg.batch_size / elapsed
                         g = gnorm.item()
@@ -511,20 +549,43 @@ class Trainer:
                         if mean_loss is not None:
                             bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
                         window, window_start, window_first = [], time.perf_counter(), self.step
-                    if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                    # under torchrun every process stops at the step where any of them was asked to
+                    stop = distributed.any_true(bool(requested)) if self.world > 1 else bool(requested)
+                    if self.main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                         self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
-                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or requested:
+                    if self.main and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop):
                         self.save()
                         saved = self.step
-                    if requested:
-                        raise requested[0]
+                    if stop:
+                        raise requested[0] if requested else Terminated()
         except KeyboardInterrupt:  # a second Ctrl-C, or a signal before the loop
-            if consistent and saved != self.step:  # atomic: the old checkpoint stays whole until the new one is
+            # atomic: the old checkpoint stays whole until the new one is
+            if self.main and consistent and saved != self.step:
                 self.save()
             raise
         finally:
             bar.close()
         return self.out / MODEL
+
+
+def global_dropout(net: torch.nn.Module, part: slice, batch_size: int) -> None:
+    """Make ``net``'s dropout layers draw their mask for the whole global batch of ``batch_size``
+    and apply this process's rows (``part``) of it. Every process seeds its dropout from the step,
+    so the masks are the ones a single process draws for the whole batch: a run is the same run at
+    any number of processes, dropout included (up to float rounding)."""
+
+    def forward(layer, x):
+        if not layer.training or layer.p == 0.0:
+            return x
+        # the mask as F.dropout draws it for the whole batch: bernoulli_ over a tensor with the
+        # input's strides (channels-last or not), 1 / (1 - p) where kept
+        whole = torch.empty_strided((batch_size, *x.shape[1:]), x.stride(), dtype=x.dtype, device=x.device)
+        mask = whole.bernoulli_(1 - layer.p).div_(1 - layer.p)
+        return x * mask[part]
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.forward = functools.partial(forward, m)
 
 
 def _last_saved_step(path: pathlib.Path):

@@ -74,7 +74,8 @@ def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Seq
 
 
 def tune(model, sampler: str, steps_list: Sequence[int], *, candidates: Sequence[float] | None = None, num: int,
-         seed: int, ref, cache_dir: str | os.PathLike, batch_size: int = 250, device="cpu",
+         seed: int, ref, cache_dir: str | os.PathLike, batch_size: int = 250,
+         micro_batch: int | str | None = "auto", device="cpu",
          log: Callable[[str], None] = print, show: Callable[[str], None] | None = None,
          progress=None) -> dict[int, dict]:
     """``ddpmkit tune``: for each step count, ``search_grid`` over grids of ``candidates`` (default:
@@ -101,7 +102,7 @@ def tune(model, sampler: str, steps_list: Sequence[int], *, candidates: Sequence
     def fid(grid):
         plan = model.plan(sampler=sampler, timesteps=list(grid))
         levels, _ = generate(model, plan, num=num, seed=seed, levels=ref.levels, cache_dir=cache_dir,
-                             batch_size=batch_size, device=device, progress=progress)
+                             batch_size=batch_size, micro_batch=micro_batch, device=device, progress=progress)
         return score(levels, ref, precision_recall=False, standard_error=False)["fid"]
 
     found = {}

@@ -28,13 +28,25 @@ def build_parser() -> Parser:
     return p
 
 
-def check_one_process() -> None:
-    """ddpmkit runs as one process: under torchrun (WORLD_SIZE > 1) every process would run the whole
-    command into the same files, so that is refused until several processes are supported."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.strip() not in ("", "1"):
-        raise ValueError(f"WORLD_SIZE={world}: ddpmkit runs in one process, and under torchrun each of the "
-                         f"{world} processes would run this whole command into the same files; run it without torchrun")
+# the commands that split their work between torchrun's processes (``ddpmkit.distributed``)
+DISTRIBUTED = ("train", "sample", "eval", "bench")
+
+
+def join_processes(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, take this process's device, and
+    leave the progress bars to rank 0. The other commands run in one process and refuse, since
+    each of the processes would run the whole command into the same files."""
+    from .. import distributed
+
+    if not distributed.launched():
+        return
+    if args.command not in DISTRIBUTED:
+        world = os.environ.get("WORLD_SIZE")
+        raise ValueError(f"WORLD_SIZE={world}: `ddpmkit {args.command}` runs in one process (under torchrun only "
+                         f"{', '.join(DISTRIBUTED)} split their work); run it without torchrun")
+    args.device = distributed.init(args.device)
+    if not distributed.is_main():
+        args.quiet = True
 
 
 def main(argv=None) -> int:
@@ -48,7 +60,7 @@ def main(argv=None) -> int:
     keep_freed_memory()  # activations are reallocated at every network call: keep their pages mapped
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        check_one_process()
+        join_processes(args)
         args.func(args)
     except BrokenPipeError:
         # the reader went away: nothing more to say, and nothing for the interpreter to flush at exit
@@ -72,6 +84,9 @@ def main(argv=None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        from .. import distributed
+
+        distributed.finish()
     return 0
 
 

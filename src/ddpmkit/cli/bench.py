@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
                    "45,000 network evaluations, about 7 minutes for MNIST at 8.7 ms per image on 2 CPU cores)")
     p.add_argument("--preset", default=None, help="ddim-table: eta 0, 0.2, 0.5, 1 and the large variance at 10-1000 "
                    "steps (the DDIM paper's Table 1); replaces --samplers and --nfe")
-    p.add_argument("--num", type=positive_int, default=500, help="samples per sampler and NFE")
+    p.add_argument("-n", "--num", type=positive_int, default=500, help="samples per sampler and NFE")
     add_seed(p)
     add_batch_size(p, 250)
     add_measure(p)
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
-    from .. import measure
+    from .. import distributed, measure
     from ..machine import describe_machine
     from ..measure import bench
 
@@ -59,10 +59,13 @@ def run(args) -> None:
     ref = measure.reference_for(model, args.feature_net)
     bar = progress_bar(len(rows) * args.num, "img", f"{len(rows)} rows", args.quiet)
     results = bench.run(model, ref, rows, num=args.num, seed=args.seed, cache_dir=args.cache,
-                        batch_size=args.batch_size, device=args.device, log=bar.write if bar else log,
+                        batch_size=args.batch_size, micro_batch=args.micro_batch, device=args.device,
+                        log=bar.write if bar else log,
                         progress=bar.update if bar else None)
     if bar:
         bar.close()
+    if not distributed.is_main():  # under torchrun rank 0 writes and prints
+        return
     out.mkdir(parents=True, exist_ok=True)
     header = bench.header(command_line(), model, ref, args.num, args.seed, describe_machine(args.device))
     floor = measure.floor_for(ref, args.num)

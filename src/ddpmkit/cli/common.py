@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from ..sampling import MICRO_BATCH
 from ..samplers import SAMPLERS, parse_bool as parse_bool_text, sampler_options
 
 class FMT(argparse.ArgumentDefaultsHelpFormatter):
@@ -181,8 +182,23 @@ def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
     p.add_argument("--seed", type=nonneg_int, default=default, help="sample i uses seed SEED + i")
 
 
+def micro_batch_arg(text: str) -> int | str | None:
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; give auto, off or a positive integer") from None
+
+
 def add_batch_size(p: argparse.ArgumentParser, default: int) -> None:
-    p.add_argument("--batch-size", type=positive_int, default=default, help="samples per network call")
+    """--batch-size, and --micro-batch: how many samples move together, and how many the network sees."""
+    p.add_argument("--batch-size", type=positive_int, default=default,
+                   help="samples advanced together (memory grows with it); under torchrun each process's batches")
+    p.add_argument("--micro-batch", type=micro_batch_arg, default="auto", metavar="N",
+                   help=f"samples per network call: auto ({MICRO_BATCH} on the CPU, where it makes sample i bitwise "
+                   "the same for any --batch-size and any number of processes; the whole batch on a GPU), off (the "
+                   "whole batch), or a number; the last call of a batch is padded to N")
 
 
 def add_measure(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                        "other images (no shipped feature network) is measured by the Inception FID and IS alone, "
                        "given --inception.")
     add_sampling(p, batch_size=250)
-    p.add_argument("--num", type=positive_int, default=1000,
+    p.add_argument("-n", "--num", type=positive_int, default=1000,
                    help="number of samples (1000 with the default sampler: 20,000 network evaluations, about 3 "
                    "minutes for MNIST at the 8.7 ms per image that benchmarks/results/unet_speed.md measures on 2 CPU "
                    "cores; the README's tables use 10000, whose FID is less biased and has a smaller error)")
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
-    from .. import measure
+    from .. import distributed, measure
     from ..files import write_text
     from ..measure import inception
 
@@ -63,10 +63,13 @@ def run(args) -> None:
         setup = inception.setup(args.inception, model, args.inception_data, args.inception_real, args.device)
     bar = progress_bar(args.num, "img", f"{plan.sampler} {plan.steps} steps", args.quiet)
     result = measure.evaluate(model, plan, num=args.num, seed=args.seed, ref=ref, cache_dir=args.cache,
-                              batch_size=args.batch_size, device=args.device, inception=setup,
+                              batch_size=args.batch_size, micro_batch=args.micro_batch, device=args.device,
+                              inception=setup,
                               progress=(lambda n: bar.update(n)) if bar else None)
     if bar:
         bar.close()
+    if not distributed.is_main():  # under torchrun rank 0 writes and prints
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(result, indent=1) + "\n")
     print(measure.eval_table(result, ref))

@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 import torch
 
+from .. import distributed
 from .common import (FMT, add_sampling, check_writable, load_model_from_args, plan_from_args, positive_int, progress_bar)
 
 
@@ -15,7 +16,7 @@ def add_parser(sub) -> None:
                        description="Draw samples from a trained model with any registered sampler; sample i uses "
                        "seed SEED + i and does not depend on the batch size.")
     add_sampling(p, batch_size=64)
-    p.add_argument("--num", type=positive_int, default=None,
+    p.add_argument("-n", "--num", type=positive_int, default=None,
                    help="number of samples (default: 16, rounded up to whole rows of a class-conditional grid: 20 "
                    "for --class all of 10 classes; or as many as --init-noise holds)")
     p.add_argument("--init-noise", default=None, help=".npy file of x_T, shape (N, C, H, W)")
@@ -38,14 +39,25 @@ def run(args) -> None:
     if init is not None and len(init) != num:
         raise ValueError(f"--num {num} disagrees with --init-noise, which holds {len(init)} samples")
     seeds = list(range(args.seed, args.seed + num))
-    bar = progress_bar(-(-num // args.batch_size) * plan.steps, "step", f"{plan.sampler} {plan.steps} steps",
-                       args.quiet)
-    x = model.sample(plan, seeds=seeds, init_noise=init, batch_size=args.batch_size, device=args.device,
-                     callback=(lambda *a: bar.update(1)) if bar else None)
+    x = sample_shared(model, plan, seeds, args, init)
+    if distributed.is_main():
+        # a class-conditional grid: a row per class
+        write_samples(x, seeds, out, kind, model.data_range, plan.labels(seeds))
+        print(f"wrote {num} samples to {out} ({plan.describe()})")
+
+
+def sample_shared(model, plan, seeds: list[int], args, init=None) -> torch.Tensor:
+    """The samples of ``seeds``, on every process: under torchrun each process draws its batches
+    (``distributed.shard_batches``) and they are gathered; in one process, all of them batch by batch."""
+    mine = [b for b in distributed.shard_batches(seeds, args.batch_size) if b]
+    bar = progress_bar(len(mine) * plan.steps, "step", f"{plan.sampler} {plan.steps} steps", args.quiet)
+    parts = [model.sample(plan, seeds=b, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                          init_noise=None if init is None else init[b[0] - seeds[0] : b[-1] - seeds[0] + 1],
+                          device=args.device, callback=(lambda *a: bar.update(1)) if bar else None) for b in mine]
     if bar:
         bar.close()
-    write_samples(x, seeds, out, kind, model.data_range, plan.labels(seeds))  # a class-conditional grid: row by class
-    print(f"wrote {num} samples to {out} ({plan.describe()})")
+    local = torch.cat(parts) if parts else torch.empty((0, *model.shape), device=args.device)
+    return distributed.gather_rows(local, seeds, args.batch_size)
 
 
 def default_num(plan, least: int = 16) -> int:

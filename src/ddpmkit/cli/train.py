@@ -60,4 +60,5 @@ def run_trainer(kind, args) -> None:
         print(f"{trainer.out}: {what}; {trainer.data.name} {len(trainer.data)} images {trainer.data.shape}, "
               f"U-Net {count_parameters(trainer.net) / 1e6:.2f}M parameters, {trainer.cfg.steps} steps")
     model = trainer.run()
-    print(f"wrote {model} (step {trainer.step})")
+    if trainer.main:  # under torchrun rank 0 writes and says so
+        print(f"wrote {model} (step {trainer.step})")

@@ -46,7 +46,7 @@ def run(args) -> None:
     ref = measure.reference_for(model, args.feature_net)
     bar = progress_bar(None, "img", f"tune {args.sampler}", args.quiet)  # the search decides how many grids
     found = tune(model, args.sampler, steps_list, candidates=args.candidates, num=args.num, seed=args.seed, ref=ref,
-                 cache_dir=args.cache, batch_size=args.batch_size, device=args.device,
+                 cache_dir=args.cache, batch_size=args.batch_size, micro_batch=args.micro_batch, device=args.device,
                  log=(lambda *a: None) if args.quiet else (bar.write if bar is not None else print),
                  show=bar.write if bar is not None else print, progress=bar.update if bar is not None else None)
     if bar is not None:  # a bar without a total has no truth value

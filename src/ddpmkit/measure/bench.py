@@ -125,24 +125,24 @@ def peak_rss_mb() -> float:
 
 
 def run(model, ref: Reference, rows: list[Row], *, num: int, seed: int, cache_dir, batch_size: int = 250,
-        device="cpu", log=print, progress=None) -> list[dict]:
+        micro_batch: int | str | None = "auto", device="cpu", log=print, progress=None) -> list[dict]:
     """Every planned row sampled (through the cache) and scored; one dict per row, with
     ``fid_vs_best`` (``compare_to_best``). ``progress(count)`` as samples are made or read."""
     results, features = [], []
     for r in rows:
         plan = r.plan
         levels, info = generate(model, plan, num=num, seed=seed, levels=ref.levels, cache_dir=cache_dir,
-                                batch_size=batch_size, device=device, progress=progress)
+                                batch_size=batch_size, micro_batch=micro_batch, device=device, progress=progress)
         if device != "cpu" and torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
             peak = peak_rss_mb()
-        feats, probs = features_of(levels, ref)
+        feats, probs, stats = features_of(levels, ref, statistics=True)
         row = {"sampler": r.label, "spacing": plan.spacing, "timesteps": plan.timesteps, "nfe_budget": r.budget,
                "steps": plan.steps, "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
                "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
                "peak_memory_mb": peak,
-               **score_features(feats, probs, ref, labels=asked_classes(model, plan, seed, num))}
+               **score_features(feats, probs, ref, labels=asked_classes(model, plan, seed, num), statistics=stats)}
         if "class_accuracy" in row:
             row["accuracy"] = row["class_accuracy"]["accuracy"]
         results.append(row)

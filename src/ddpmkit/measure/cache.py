@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from .. import distributed
 from ..files import atomic_path, remove_stale_temps
 from ..images import to_levels
 
@@ -79,36 +80,38 @@ def set_aside(path: pathlib.Path) -> pathlib.Path:
 
 
 def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | os.PathLike, chunk: int = CHUNK,
-             batch_size: int = 250, device="cpu", progress=None) -> tuple[np.ndarray, dict]:
+             batch_size: int = 250, micro_batch: int | str | None = "auto", device="cpu",
+             progress=None) -> tuple[np.ndarray, dict]:
     """Samples of ``model`` (a ``LoadedModel``) under ``plan`` for seeds seed .. seed+num-1, as
     uint8 grey levels 0..levels, chunk by chunk, from the cache where a chunk is there already.
     ``progress(count)`` is called after each batch sampled and each chunk read. Returns (levels
-    array, info with ``nfe`` per
-    sample, ``seconds`` spent sampling (as measured when each chunk was made), ``cached`` (samples
-    read from the cache) and ``cache`` (the folder))."""
+    array, info with ``nfe`` per sample, ``seconds`` spent sampling (as measured when each chunk
+    was made), ``cached`` (samples read from the cache) and ``cache`` (the folder)).
+
+    Under torchrun every process calls it: rank 0 alone reads and writes the cache, a missing
+    chunk's seeds are split between the processes (``distributed.shard_batches``), and every
+    process returns all the samples. On the CPU the chunks are the same bits at any process count
+    or batch size, so a cache made by one process serves a run of several and the other way round."""
+    main = distributed.is_main()
     folder = cache_folder(model, plan, levels, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder)  # chunks a killed run left half-written
-    parts, seconds, nfe, cached = [], 0.0, None, 0
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)  # chunks a killed run left half-written
+    parts, seconds, nfe, cached = [], 0.0, plan.nfe, 0
     for first, count, path in chunk_files(folder, seed, num, chunk):
-        found = read_chunk(path, count, tuple(model.shape)) if path.exists() else None
-        if path.exists() and found is None:
+        found = read_chunk(path, count, tuple(model.shape)) if main and path.exists() else None
+        if main and path.exists() and found is None:
             set_aside(path)
-        if found is not None:
-            part, secs, used = found
+        if distributed.any_true(found is not None):  # rank 0 has it: every process takes rank 0's copy
+            empty = torch.empty((count, *model.shape), dtype=torch.uint8)
+            part = distributed.broadcast(torch.from_numpy(found[0]) if main else empty).numpy()
+            secs, used = found[1:] if main else (0.0, plan.nfe)
             cached += count
             if progress is not None:
                 progress(count)
         else:
             start = time.perf_counter()
-            xs = []
-            for lo in range(first, first + count, batch_size):  # the batches model.sample would make, one by one
-                xb, info = model.sample(plan, seeds=range(lo, min(lo + batch_size, first + count)),
-                                        batch_size=batch_size, device=device, return_info=True)
-                xs.append(xb)
-                if progress is not None:
-                    progress(len(xb))
-            x = torch.cat(xs)
+            x, used = _sample_chunk(model, plan, first, count, batch_size, micro_batch, device, progress)
             bad = (~torch.isfinite(x.flatten(1))).any(1)
             if bad.any():  # quantising would clamp NaN and inf into grey levels and score them as images
                 seeds = [first + int(i) for i in bad.nonzero().flatten()[:3]]
@@ -116,11 +119,34 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
                                  f"samples with NaN or inf (seeds {', '.join(map(str, seeds))}, ...), which are not "
                                  "scored; another sampler or more steps may be stable")
             part = to_levels(x, levels, model.data_range)
-            secs, used = time.perf_counter() - start, info["nfe"]
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, levels=part, seconds=secs, nfe=used, sha256=hashlib.sha256(part.tobytes()).hexdigest())
+            secs = time.perf_counter() - start
+            if main:
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, levels=part, seconds=secs, nfe=used,
+                                 sha256=hashlib.sha256(part.tobytes()).hexdigest())
         parts.append(part)
         seconds += secs
         nfe = used
     return np.concatenate(parts), {"nfe": nfe, "seconds": seconds, "cached": cached, "cache": str(folder)}
+
+
+def _sample_chunk(model, plan, first: int, count: int, batch_size: int, micro_batch, device, progress):
+    """(samples of seeds first .. first+count-1 on every process, network calls per sample): each
+    process samples its batches of the chunk (all of them in one process) and they are gathered."""
+    seeds = list(range(first, first + count))
+    xs, used = [], plan.nfe
+    for batch in distributed.shard_batches(seeds, batch_size):
+        if not batch:
+            continue
+        xb, info = model.sample(plan, seeds=batch, batch_size=batch_size, micro_batch=micro_batch, device=device,
+                                return_info=True)
+        xs.append(xb.cpu())
+        used = info["nfe"]
+        if progress is not None:
+            progress(len(xb))
+    local = torch.cat(xs) if xs else torch.empty((0, *model.shape))
+    x = distributed.gather_rows(local, seeds, batch_size)
+    if progress is not None and len(local) < count:  # the other processes' samples, once they are here
+        progress(count - len(local))
+    return x, used

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from .. import distributed
 from ..plan import DENOISER_OPTIONS
 from . import report
 from .cache import generate
@@ -23,7 +24,8 @@ def report_options(plan) -> dict:
 
 
 def evaluate(model, plan, *, num: int, seed: int, ref: Reference | None, cache_dir: str | os.PathLike,
-             batch_size: int = 250, device="cpu", progress=None, inception=None) -> dict:
+             batch_size: int = 250, micro_batch: int | str | None = "auto", device="cpu", progress=None,
+             inception=None) -> dict:
     """Samples of ``model`` (a ``LoadedModel``) under ``plan`` for seeds seed .. seed+num-1 (from the
     cache where they are there), scored against ``ref``: the report ``ddpmkit eval`` writes. Its
     ``spacing`` is the plan's, "explicit" for explicit timesteps; ``timesteps`` the grid where it is
@@ -35,7 +37,7 @@ def evaluate(model, plan, *, num: int, seed: int, ref: Reference | None, cache_d
         raise ValueError("evaluate needs a reference (a shipped feature network) or an Inception setup, or both")
     num_levels = ref.levels if ref is not None else IMAGE_LEVELS
     levels, info = generate(model, plan, num=num, seed=seed, levels=num_levels, cache_dir=cache_dir,
-                            batch_size=batch_size, device=device, progress=progress)
+                            batch_size=batch_size, micro_batch=micro_batch, device=device, progress=progress)
     result = {"model": str(model.path), "step": model.config.get("step"), "sampler": plan.sampler,
               "steps": plan.steps, "spacing": plan.spacing or "explicit",
               "timesteps": plan.timesteps, "options": report_options(plan), "nfe": info["nfe"],
@@ -44,7 +46,7 @@ def evaluate(model, plan, *, num: int, seed: int, ref: Reference | None, cache_d
         result.update(**score(levels, ref, labels=asked_classes(model, plan, seed, num)), floor=floor_for(ref, num),
                       reference=ref.info["reference"])
     result["cached_samples"] = info["cached"]
-    if inception is not None:
+    if inception is not None and distributed.is_main():  # under torchrun: rank 0's report alone is written
         from .inception import scores
 
         result["inception"] = scores(inception, levels, num_levels)

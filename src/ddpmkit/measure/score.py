@@ -5,16 +5,48 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import distributed
 from ..images import from_levels, to_levels
 from . import metrics
 from .features import predict
 from .reference import Reference, feature_net_for, load_reference
 
 
-def features_of(levels: np.ndarray, ref: Reference) -> tuple[torch.Tensor, torch.Tensor]:
+def features_of(levels: np.ndarray, ref: Reference, statistics: bool = False):
     """The reference's feature network on samples given as grey levels 0..ref.levels: (features,
-    class probabilities), float64."""
-    return predict(ref.net, from_levels(levels, ref.levels))
+    class probabilities), float64; with ``statistics`` also their mean and covariance for the FID.
+    Under torchrun each process takes an equal share of the samples, the features are gathered on
+    every process and the statistics are pooled from every process's float64 sums
+    (``pooled_statistics``); in one process they are ``metrics.feature_statistics``."""
+    n, world = len(levels), distributed.world_size()
+    share = -(-n // world)  # one contiguous batch per process
+    mine = distributed.shard_batches(range(n), share)[0] if world > 1 else range(n)
+    rows = slice(mine[0], mine[-1] + 1) if len(mine) else slice(0, 0)
+    feats, probs = predict(ref.net, from_levels(levels[rows], ref.levels))
+    stats = pooled_statistics(feats) if statistics and world > 1 else None
+    if world > 1:
+        feats, probs = (distributed.gather_rows(v, range(n), share) for v in (feats, probs))
+    if statistics:
+        return feats, probs, stats or metrics.feature_statistics(feats)
+    return feats, probs
+
+
+def pooled_statistics(local: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the features of all processes, from each process's ``local`` ones:
+    the count, sum and sum of outer products (about a shift that every process shares: rank 0's
+    first feature vector, against cancellation) summed over the processes in float64."""
+    x = local.to(torch.float64)
+    shift = distributed.broadcast(x[0] if len(x) else torch.zeros(x.shape[1], dtype=torch.float64))
+    y = x - shift
+    sums = distributed.all_sum(torch.cat([torch.tensor([float(len(y))], dtype=torch.float64), y.sum(0),
+                                          (y.T @ y).flatten()]))
+    d = x.shape[1]
+    count, total, outer = sums[0].item(), sums[1 : d + 1], sums[d + 1 :].reshape(d, d)
+    if count < 2:
+        raise ValueError(f"need at least 2 samples for a covariance, got {int(count)}")
+    mu = shift + total / count
+    cov = (outer - torch.outer(total, total) / count) / (count - 1)
+    return mu.numpy(), cov.numpy()
 
 
 def score(levels: np.ndarray, ref: Reference, num_classes: int = 10, precision_recall: bool = True,
@@ -25,8 +57,8 @@ def score(levels: np.ndarray, ref: Reference, num_classes: int = 10, precision_r
     ``precision_recall`` (the reference's k-NN radii cost seconds on a CPU) and ``standard_error``
     (100 resampled FIDs, a fraction of a second) can be turned off where only the FID is read, as
     in ``ddpmkit tune``'s search."""
-    feats, probs = features_of(levels, ref)
-    return score_features(feats, probs, ref, num_classes, precision_recall, standard_error, labels)
+    feats, probs, stats = features_of(levels, ref, statistics=True)
+    return score_features(feats, probs, ref, num_classes, precision_recall, standard_error, labels, stats)
 
 
 def asked_classes(model, plan, seed: int, num: int) -> list[int] | None:
@@ -47,9 +79,11 @@ def class_accuracy(probs: torch.Tensor, labels, num_classes: int) -> dict:
 
 
 def score_features(feats: torch.Tensor, probs: torch.Tensor, ref: Reference, num_classes: int = 10,
-                   precision_recall: bool = True, standard_error: bool = True, labels=None) -> dict:
-    """``score`` from the feature network's features and class probabilities of the samples."""
-    mu, sigma = metrics.feature_statistics(feats)
+                   precision_recall: bool = True, standard_error: bool = True, labels=None,
+                   statistics: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """``score`` from the feature network's features and class probabilities of the samples; the
+    FID from ``statistics`` (mean, covariance) where given (``features_of``), else from ``feats``."""
+    mu, sigma = statistics if statistics is not None else metrics.feature_statistics(feats)
     is_mean, is_std = metrics.inception_score(probs.numpy(), splits=min(10, len(feats)))
     kid, kid_std = metrics.kernel_inception_distance(feats, ref.features)
     freq = np.bincount(probs.argmax(1).numpy(), minlength=num_classes) / len(feats)

@@ -132,11 +132,13 @@ class LoadedModel:
         return classes
 
     def sample(self, plan: Plan | None = None, *, seeds: Iterable[int] | None = None, num: int | None = None,
-               batch_size: int | None = None, init_noise: torch.Tensor | None = None, device=None,
-               callback: Callable | None = None, return_info: bool = False, **options):
+               batch_size: int | None = None, micro_batch: int | str | None = "auto",
+               init_noise: torch.Tensor | None = None, device=None, callback: Callable | None = None, return_info: bool = False, **options):
         """Samples of this model in its data range, shape (N, C, H, W): sample i from seeds[i]
         (default: seeds 0..num-1, num default 16, or as many as ``init_noise`` holds). ``plan`` or
-        its options as keywords (``plan``); ``batch_size`` samples per network call (default all)."""
+        its options as keywords (``plan``); ``batch_size`` samples advanced together (default all),
+        ``micro_batch`` samples per network call (``ddpmkit.sample``: on the CPU a fixed 16 by default,
+        which makes sample i bitwise the same for any batch size)."""
         plan = self.plan(plan, **options)
         if init_noise is not None:
             n = len(init_noise)
@@ -148,5 +150,5 @@ class LoadedModel:
         if num is not None and num != n:
             raise ValueError(f"num={num} disagrees with the {n} seeds or init_noise samples given")
         return sample(self.net, self.schedule, plan, shape=(n, *self.shape), seeds=seeds, init_noise=init_noise,
-                      batch_size=batch_size, prediction=self.prediction, data_range=self.data_range,
+                      batch_size=batch_size, micro_batch=micro_batch, prediction=self.prediction, data_range=self.data_range,
                       device=device, callback=callback, return_info=return_info)
