@@ -30,6 +30,8 @@ def ddpmkit(*args, procs: int = 1, cwd=None) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                 "-m", "ddpmkit"] if procs > 1 else [sys.executable, "-m", "ddpmkit"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if os.path.isdir("/sys/class/net/lo"):  # gloo on the loopback: no need for the host name to resolve
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     r = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd,
                        env=env)
     assert r.returncode == 0, r.stderr[-3000:]
