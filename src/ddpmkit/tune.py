@@ -40,9 +40,10 @@ def start_grid(candidates: Sequence[float], steps: int) -> list[float]:
 
 def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Sequence[float], steps: int,
                 start: Sequence[float] | None = None, max_passes: int = 3,
-                log: Callable[[str], None] = lambda _: None) -> tuple[list[float], float, dict]:
+                log: Callable[[str], None] = lambda _: None, keep_first: bool = False) -> tuple[list[float], float, dict]:
     """Coordinate descent for the descending grid of ``steps`` candidates that minimises
-    ``objective(grid)``. Returns (best grid, its value, every grid measured -> value)."""
+    ``objective(grid)``; with ``keep_first`` the first timestep stays where ``start`` puts it (an
+    ODE solution from x_T at T - 1). Returns (best grid, its value, every grid measured -> value)."""
     cands = sorted(set(float(c) for c in candidates), reverse=True)
     grid = list(start) if start is not None else start_grid(cands, steps)
     if len(grid) != steps or any(a <= b for a, b in zip(grid, grid[1:])):
@@ -59,7 +60,7 @@ def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Seq
     best = measure(grid)
     for _ in range(max_passes):
         improved = False
-        for i in range(steps):
+        for i in range(1 if keep_first else 0, steps):
             hi = grid[i - 1] if i > 0 else np.inf
             lo = grid[i + 1] if i + 1 < steps else -np.inf
             for c in cands:
@@ -117,6 +118,14 @@ def tune(model, sampler: str, steps_list: Sequence[int], *, candidates: Sequence
 
 
 def found_line(sampler: str, steps: int, entry: dict) -> str:
-    """For people: "cm, 2 steps: timesteps 775, 450 (FID 118.00 on 500 samples; 21 grids measured)"."""
-    return (f"{sampler}, {steps} steps: timesteps {format_grid(entry['timesteps'])} (FID {entry['fid']:.2f} on "
-            f"{entry['num']} samples; {entry['grids_measured']} grids measured)")
+    """For people: "cm, 2 steps: timesteps 775, 450 (FID 118.00 on 500 samples; 21 grids measured)", or
+    what a grid found without FID was priced by (``ddpmkit.gits``)."""
+    method = entry.get("method", "fid")
+    if method == "gits":
+        how = f"GITS: total jump price {entry['cost']:.4g} on {entry['num']} teacher trajectories"
+    elif method == "teacher":
+        how = (f"RMS distance to the teacher {entry['distance']:.4f}, from {entry['start_distance']:.4f} on the "
+               f"trailing grid, {entry['num']} trajectories; {entry['grids_measured']} grids measured")
+    else:
+        how = f"FID {entry['fid']:.2f} on {entry['num']} samples; {entry['grids_measured']} grids measured"
+    return f"{sampler}, {steps} steps: timesteps {format_grid(entry['timesteps'])} ({how})"

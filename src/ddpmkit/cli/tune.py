@@ -1,4 +1,5 @@
-"""``ddpmkit tune``: search a few-step sampler's timesteps by FID and store them in the model file."""
+"""``ddpmkit tune``: search a few-step sampler's timesteps (by FID, or by a fine-step teacher's
+trajectories: ``ddpmkit.gits``) and store them in the model file."""
 
 from __future__ import annotations
 
@@ -10,19 +11,28 @@ from .common import (FMT, OUT_MODEL_HELP, add_batch_size, add_device, add_measur
 def add_parser(sub) -> None:
     from ..samplers import SAMPLERS
 
-    p = sub.add_parser("tune", formatter_class=FMT, help="search a few-step sampler's timesteps by FID; store them",
-                       description="For each step count, coordinate descent over descending grids of candidate "
-                       "timesteps (each point in turn replaced by every candidate while that lowers FID, as Song et "
-                       "al. 2023 chose their multistep consistency grids), measured on --num samples from seeds "
-                       "disjoint from eval's default ones, with the sampler's default options. The grids found are "
+    p = sub.add_parser("tune", formatter_class=FMT, help="search a few-step sampler's timesteps; store them",
+                       description="For each step count, a grid of candidate timesteps for the sampler, found --by "
+                       "fid: coordinate descent (each point in turn replaced by every candidate while that lowers FID, "
+                       "as Song et al. 2023 chose their multistep consistency grids) on --num samples; --by teacher: "
+                       "the same descent with the first timestep kept at T - 1, priced by the RMS distance of the "
+                       "sampler's result from a fine-step teacher's (UniPC on 100 logSNR-spaced candidates) on --num "
+                       "trajectories, no FID; --by gits: GITS (Chen et al. 2024), dynamic programming over the "
+                       "teacher's trajectories pricing first-order jumps, the same grid for every sampler. Seeds are "
+                       "disjoint from eval's default ones; the sampler's default options. The grids found are "
                        "stored in the model file (rewritten atomically), or in a copy of it with --out; sample, eval, "
                        "bench and demo then use them for that sampler and step count.")
     add_model(p, required=True)
     p.add_argument("--sampler", default="cm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", default="1,2", help="comma-separated step counts to tune")
+    p.add_argument("--by", choices=BY, default="fid",
+                   help="what prices a grid: fid (needs a feature network), teacher or gits (any ODE model)")
     p.add_argument("--candidates", type=timestep_list, default=None,
-                   help="timesteps the grid is built from (default: the trailing grid of 10 steps)")
-    p.add_argument("--num", type=positive_int, default=500, help="samples per grid tried")
+                   help="timesteps the grid is built from (default: --by fid the trailing grid of 10 steps; --by "
+                   "teacher or gits 100 logSNR-spaced timesteps and each step count's trailing grid, the teacher's "
+                   "grid too)")
+    p.add_argument("--num", type=positive_int, default=500,
+                   help="samples per grid tried (--by fid), or teacher trajectories (--by teacher or gits)")
     add_seed(p, 1_000_000)
     add_batch_size(p, 250)
     add_device(p)
@@ -32,6 +42,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+BY = ("fid", "teacher", "gits")
+
+
 def run(args) -> None:
     from .. import measure
     from ..models import store_tuned_grids
@@ -39,10 +52,17 @@ def run(args) -> None:
     from ..tune import tune
 
     sampler_options(args.sampler)  # an unknown sampler is an error that lists the valid ones
-    check_measure(args, precision_recall=False)  # tune scores by FID alone
+    if args.by == "fid":
+        check_measure(args, precision_recall=False)  # tune scores by FID alone
     out = model_out(args)
     steps_list = sorted(set(positive_int_list("--steps", args.steps)))
     model = load_model_from_args(args)
+    if args.by != "fid":
+        found = tune_by_teacher(model, args, steps_list)
+        file = store_tuned_grids(model.path, args.sampler, found, out)
+        print(f"stored the tuned grids in {file}; sample, eval, bench and demo use them for {args.sampler} unless "
+              "--spacing or --timesteps says otherwise")
+        return
     ref = measure.reference_for(model, args.feature_net)
     bar = progress_bar(None, "img", f"tune {args.sampler}", args.quiet)  # the search decides how many grids
     found = tune(model, args.sampler, steps_list, candidates=args.candidates, num=args.num, seed=args.seed, ref=ref,
@@ -54,3 +74,30 @@ def run(args) -> None:
     file = store_tuned_grids(model.path, args.sampler, found, out)
     print(f"stored the tuned grids in {file}; sample, eval, bench and demo use them unless --spacing or "
           f"--timesteps says otherwise")
+
+
+def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
+    """--by teacher or gits: the grids that a fine-step teacher's trajectories choose (``ddpmkit.gits``)."""
+    from ..gits import Teacher, gits_grids, teacher_search
+    from ..tune import found_line
+
+    if model.config.get("net", {}).get("arch") == "consistency" or args.sampler == "cm":
+        raise ValueError(f"--by {args.by} follows the probability-flow ODE of a DDPM; a consistency model (or "
+                         "--sampler cm) is tuned --by fid")
+    if model.conditional:
+        raise ValueError(f"--by {args.by} runs the teacher without class labels; {model.path.name} is "
+                         "class-conditional, so tune it --by fid")
+    trailing = [t for k in steps_list for t in model.schedule.grid(k, "trailing")]
+    teacher = Teacher(model.net, model.schedule, shape=model.shape, num=args.num, seed=args.seed,
+                      candidates=args.candidates if args.candidates is not None else 100, extra=trailing,
+                      prediction=model.prediction, batch_size=args.batch_size, device=args.device,
+                      micro_batch=args.micro_batch)
+    log = (lambda *a: None) if args.quiet else print
+    log(f"teacher: {teacher.describe()}")
+    if args.by == "gits":
+        found = gits_grids(teacher, steps_list)
+    else:
+        found = teacher_search(teacher, args.sampler, steps_list, log=log)
+    for k in steps_list:
+        print(found_line(args.sampler, k, found[k]))
+    return found

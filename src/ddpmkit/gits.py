@@ -1,0 +1,204 @@
+"""Step grids by trajectory regularity, without FID: GITS (Chen et al. 2024, "On the Trajectory
+Regularity of ODE-based Diffusion Sampling", ICML, §4 and Algorithm 1).
+
+The probability-flow ODE's trajectories are regular: nearly the same shape from every starting
+noise, so a grid that follows a few hundred of them follows all. GITS
+
+1. runs a fine-step teacher from a few hundred x_T and keeps its state x(t_i) at every candidate
+   timestep t_0 > t_1 > ... > t_{C-1}, and its clean end x(0) (here: UniPC on the candidates, which
+   form a logSNR grid by default: 7e-5 RMS from the exact ODE at 100 steps on the exact-denoiser
+   benchmark);
+2. prices every jump t_i -> t_j (i < j, or from t_i to clean data) as the mean L2 distance between
+   the teacher's x(t_j) and one first-order step (DDIM, the Euler step of the ODE in
+   x / sqrt(abar) against sigma) from the teacher's x(t_i), with the network output that the
+   teacher already computed at t_i: the price table costs no network evaluation beyond the
+   teacher's (eq. 9, the "local truncation error" of each jump);
+3. finds by dynamic programming, for each number of steps K, the K jumps from t_0 to clean data with
+   the least total price; the grid is the K timesteps the jumps start from (eq. 10).
+
+The grid is made for first-order steps; the paper finds that it serves higher-order multistep
+solvers too (iPNDM on GITS grids: FID 8.38 at 5 NFE on CIFAR-10 against 13.59 on its default
+grid). ``benchmarks/exact.py`` measures it for every sampler on the exact denoiser.
+
+``teacher_search`` uses the same teacher for a sampler-specific grid: coordinate descent
+(``tune.search_grid``, the first timestep kept at T - 1) over the candidates, priced by the
+distance of the sampler's own K-step result from the teacher's clean end on the same few hundred
+trajectories: the global error of the very solver that will run, where GITS prices first-order
+jumps. Neither needs a feature network or FID.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .plan import make_plan
+from .sampling import sample
+from .schedule import NoiseSchedule, format_grid
+
+TEACHER = "unipc"  # third order (bh1 with its corrector) on the candidate grid
+
+
+def candidate_grid(schedule: NoiseSchedule, count: int = 100, spacing: str = "logsnr") -> list[float]:
+    """The timesteps a GITS grid is chosen from: ``count`` of ``schedule.grid``'s ``spacing``, which
+    is also the teacher's grid (a logSNR grid runs from T - 1 down to 0)."""
+    if count < 2:
+        raise ValueError(f"candidates={count} is not valid; need at least 2")
+    return [float(t) for t in schedule.grid(count, spacing)]
+
+
+def teacher_states(model, schedule: NoiseSchedule, candidates: list[float], *, shape: tuple[int, ...],
+                   seeds, prediction: str = "eps", batch_size: int | None = None, device=None, dtype=torch.float32,
+                   **sample_kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's trajectories: (x at each candidate, (C, N, ...); x0_hat there, (C, N, ...); the
+    clean end, (N, ...)), from the seeds' x_T, by ``TEACHER`` on the candidate grid."""
+    seeds = list(seeds)
+    plan = make_plan(schedule, TEACHER, timesteps=candidates, prediction=prediction)
+    xs, x0s = [], []
+
+    def keep(i, t, x_t, x0_hat):
+        xs.append(x_t.detach().to("cpu", torch.float64))
+        x0s.append(x0_hat.detach().to("cpu", torch.float64))
+
+    parts, trajectories = [], []
+    chunk = len(seeds) if batch_size is None else batch_size
+    for lo in range(0, len(seeds), chunk):
+        xs.clear(), x0s.clear()
+        parts.append(sample(model, schedule, plan, shape=(len(seeds[lo:lo + chunk]), *shape), seeds=seeds[lo:lo + chunk],
+                            prediction=prediction, device=device, dtype=dtype, callback=keep, **sample_kw)
+                     .to("cpu", torch.float64))
+        trajectories.append((torch.stack(xs), torch.stack(x0s)))
+    x = torch.cat([t[0] for t in trajectories], dim=1)
+    x0 = torch.cat([t[1] for t in trajectories], dim=1)
+    return x, x0, torch.cat(parts)
+
+
+def jump_costs(schedule: NoiseSchedule, candidates: list[float], x: torch.Tensor, x0: torch.Tensor,
+               end: torch.Tensor) -> torch.Tensor:
+    """The price table (C, C + 1): entry (i, j) for j > i is the mean over samples of
+    ||x(t_j) - DDIM(x(t_i), t_i -> t_j)||_2, entry (i, C) that of the jump to clean data (the step
+    to abar = 1 is x0_hat itself); inf where j <= i."""
+    count = len(candidates)
+    abar = torch.tensor([schedule.abar_at(t) for t in candidates], dtype=torch.float64)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    shape = (-1,) + (1,) * (x.ndim - 1)  # over (later candidates, samples, *sample shape)
+    flat = lambda v: v.reshape(v.shape[0], -1)  # noqa: E731
+    cost = torch.full((count, count + 1), math.inf, dtype=torch.float64)
+    for i in range(count):
+        eps = (x[i] - a[i] * x0[i]) / s[i]  # the teacher's eps_hat at t_i, consistent with its x0_hat
+        later = a[i + 1:].view(shape) * x0[i] + s[i + 1:].view(shape) * eps  # DDIM to every later candidate
+        if i + 1 < count:
+            diff = (later - x[i + 1:]).flatten(2)
+            cost[i, i + 1:count] = diff.norm(dim=2).mean(1)
+        cost[i, count] = (flat(x0[i]) - flat(end)).norm(dim=1).mean()
+    return cost
+
+
+def best_paths(cost: torch.Tensor, max_steps: int) -> dict[int, tuple[list[int], float]]:
+    """For K = 1..max_steps: the K jumps from node 0 to the clean end (node C) of least total price,
+    as (the K start nodes, the price). Dynamic programming over (jumps made, node): O(K C^2)."""
+    count = cost.shape[0]
+    max_steps = min(max_steps, count)
+    total = torch.full((max_steps + 1, count + 1), math.inf, dtype=torch.float64)
+    came = torch.full((max_steps + 1, count + 1), -1, dtype=torch.int64)
+    total[0, 0] = 0.0
+    for k in range(1, max_steps + 1):
+        # best[k, j] = min over i < j of best[k - 1, i] + cost[i, j]
+        through = total[k - 1, :count, None] + cost  # (C, C + 1)
+        total[k], came[k] = through.min(dim=0)
+    out = {}
+    for k in range(1, max_steps + 1):
+        if not math.isfinite(total[k, count]):
+            continue
+        nodes, j = [], count
+        for step in range(k, 0, -1):
+            j = int(came[step, j])
+            nodes.append(j)
+        out[k] = (nodes[::-1], float(total[k, count]))
+    return out
+
+
+class Teacher:
+    """The fine-step teacher's trajectories of seeds seed .. seed+num-1 on the candidate grid (run
+    once, on first use), shared by ``gits_grids`` and ``teacher_search``. ``candidates``: a count of
+    logSNR-spaced timesteps, or the timesteps themselves; ``extra`` timesteps join them (a default
+    grid the search starts from must be made of candidates)."""
+
+    def __init__(self, model, schedule: NoiseSchedule, *, shape: tuple[int, ...], num: int = 256, seed: int = 0,
+                 candidates: int | list[float] = 100, extra=(), prediction: str = "eps",
+                 batch_size: int | None = None, device=None, **sample_kw):
+        base = candidate_grid(schedule, candidates) if isinstance(candidates, int) else [float(t) for t in candidates]
+        self.candidates = sorted(set(base) | {float(t) for t in extra}, reverse=True)
+        self.model, self.schedule, self.shape, self.num, self.seed = model, schedule, tuple(shape), num, seed
+        self.prediction, self.batch_size, self.device, self.sample_kw = prediction, batch_size, device, sample_kw
+        self._states = None
+
+    @property
+    def seeds(self) -> range:
+        return range(self.seed, self.seed + self.num)
+
+    @property
+    def states(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._states is None:
+            self._states = teacher_states(self.model, self.schedule, self.candidates, shape=self.shape,
+                                          seeds=self.seeds, prediction=self.prediction, batch_size=self.batch_size,
+                                          device=self.device, **self.sample_kw)
+        return self._states
+
+    def describe(self) -> str:
+        return f"{TEACHER} on {len(self.candidates)} candidate timesteps, {self.num} trajectories from seed {self.seed}"
+
+    def distance(self, plan) -> float:
+        """RMS distance of ``plan``'s samples of the teacher's seeds from the teacher's clean end."""
+        end = self.states[2]
+        x = sample(self.model, self.schedule, plan, shape=(self.num, *self.shape), seeds=self.seeds,
+                   prediction=self.prediction, batch_size=self.batch_size, device=self.device, **self.sample_kw)
+        return float(((x.to("cpu", torch.float64) - end) ** 2).mean().sqrt())
+
+
+def gits_grids(teacher: Teacher, steps_list, log=lambda _: None) -> dict[int, dict]:
+    """GITS grids for each step count in ``steps_list``: {steps: {"timesteps", "cost" (the path's
+    total price), "method": "gits", "num", "seed", "teacher"}}, what ``ddpmkit tune --by gits``
+    stores. The grid does not depend on the sampler."""
+    steps_list = sorted(set(int(k) for k in steps_list))
+    cands = teacher.candidates
+    if max(steps_list) > len(cands):
+        raise ValueError(f"{max(steps_list)} steps need at least as many candidate timesteps; got {len(cands)}")
+    x, x0, end = teacher.states
+    paths = best_paths(jump_costs(teacher.schedule, cands, x, x0, end), max(steps_list))
+    out = {k: {"timesteps": [cands[i] for i in paths[k][0]], "cost": paths[k][1], "method": "gits",
+               "num": teacher.num, "seed": teacher.seed, "teacher": teacher.describe()} for k in steps_list}
+    for k in steps_list:
+        log(f"gits, {k} steps: {format_grid(out[k]['timesteps'])} (total jump price {out[k]['cost']:.4g})")
+    return out
+
+
+def teacher_search(teacher: Teacher, sampler: str, steps_list, *, options: dict | None = None,
+                   start: dict[int, list[float]] | None = None, log=lambda _: None) -> dict[int, dict]:
+    """For each step count: the grid of candidates (first timestep kept) whose ``sampler`` run lands
+    closest (RMS) to the teacher's clean end, by ``tune.search_grid`` from ``start[steps]`` (default:
+    the trailing grid). {steps: {"timesteps", "distance", "start_distance", "method": "teacher",
+    "num", "seed", "teacher", "grids_measured"}}, what ``ddpmkit tune --by teacher`` stores."""
+    from .tune import search_grid
+
+    options, start, out = dict(options or {}), dict(start or {}), {}
+    for k in sorted(set(int(k) for k in steps_list)):
+        first = [float(t) for t in start.get(k, teacher.schedule.grid(k, "trailing"))]
+        missing = [t for t in first if t not in teacher.candidates]
+        if missing:
+            raise ValueError(f"start grid {format_grid(first)} holds timesteps that are not candidates: "
+                             f"{format_grid(missing)}")
+
+        def objective(grid):
+            return teacher.distance(make_plan(teacher.schedule, sampler, timesteps=list(grid),
+                                              prediction=teacher.prediction, **options))
+
+        grid, best, seen = search_grid(objective, teacher.candidates, k, start=first, keep_first=True, log=log)
+        out[k] = {"timesteps": grid, "distance": best, "start_distance": seen[tuple(first)], "method": "teacher",
+                  "num": teacher.num, "seed": teacher.seed, "teacher": teacher.describe(), "grids_measured": len(seen)}
+    return out
+
+
+__all__ = ["Teacher", "candidate_grid", "teacher_states", "jump_costs", "best_paths", "gits_grids",
+           "teacher_search"]
