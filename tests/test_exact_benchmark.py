@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpmkit import GaussianMixture, NoiseSchedule
-from ddpmkit.measure.exact import distribution_errors, image_mixture, mixture_moments, principal_directions, run
+from ddpmkit.measure.exact import best_against_diffusers, distribution_errors, image_mixture, mixture_moments, principal_directions, run
 
 
 def test_exact_draws_score_as_the_truth():
@@ -30,11 +30,23 @@ def test_exact_draws_score_as_the_truth():
 def test_tiny_run_has_every_row():
     digits = torch.randn(50, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     gm = image_mixture(digits, 8, 0.2)
-    result = run(gm, NoiseSchedule("linear", 1000), nfes=(5, 10), num=8, reference_steps=100, log=lambda *a: None)
+    result = run(gm, NoiseSchedule("linear", 1000), nfes=(5, 10), num=8, reference_steps=100, log=lambda *a: None,
+                 searched_nfes=(5,), search={"num": 8, "candidates": 12})
     labels = {r["sampler"] for r in result["rows"]}
     assert {"ddim", "heun", "dpmpp-3m", "unipc-3 bh1", "ipndm", "deis-3", "diffusers DDIM", "diffusers UniPC",
             "diffusers DEIS"} <= labels
-    ddim = {(r["sampler"], r["nfe"]): r["rms_error"] for r in result["rows"] if "DDIM" in r["sampler"] or r["sampler"] == "ddim"}
+    grids = {(r["sampler"], r["spacing"], r["nfe"]) for r in result["rows"]}
+    # at 5 NFE: our samplers on their searched grids and GITS's, diffusers' on its other grids
+    assert {("unipc-3 bh1", "teacher", 5), ("ipndm", "gits", 5), ("diffusers DPM++ 3M", "karras", 5),
+            ("diffusers DPM++ 2M", "lu", 5), ("diffusers DDIM", "leading", 5)} <= grids
+    assert not any(n == 10 and (spacing == "teacher" or label.startswith("diffusers") and spacing == "karras")
+                   for label, spacing, n in grids)
+    best = {b["nfe"]: b for b in best_against_diffusers(result["rows"])}
+    assert best[5]["ratio"] == best[5]["ours"]["rms_error"] / best[5]["diffusers"]["rms_error"]
+    assert best[5]["diffusers"]["rms_error"] == min(r["rms_error"] for r in result["rows"] if r["source"] == "diffusers"
+                                                   and r["nfe_budget"] == 5 and r["rms_error"] is not None)
+    ddim = {(r["sampler"], r["nfe"]): r["rms_error"] for r in result["rows"]
+            if ("DDIM" in r["sampler"] or r["sampler"] == "ddim") and r["spacing"] == "trailing"}
     # the same algorithm on the same grid, the same error (diffusers' DDIM steps to t - T // n, which
     # is the next trailing grid point only when n divides T, as 5 and 10 do)
     for n in (5, 10):

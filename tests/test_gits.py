@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ddpmkit import NoiseSchedule
-from ddpmkit.gits import Teacher, best_paths, candidate_grid, gits_grids, jump_costs, teacher_search
+from ddpmkit.gits import Teacher, best_paths, candidate_grid, gits_grids, jump_costs, start_grids, teacher_search
 from ddpmkit.oracles import GaussianMixture
 from ddpmkit.plan import make_plan
 from ddpmkit.rng import SeededNoise
@@ -80,9 +80,9 @@ def test_the_teacher_search_beats_the_trailing_grid_on_trajectories_it_never_saw
     gm = mixture()
     model = gm.model(SCHED)
     teacher = Teacher(model, SCHED, shape=(2,), num=128, seed=10**6, candidates=40,
-                      extra=SCHED.grid(4, "trailing"))
+                      extra=[t for grid in start_grids(SCHED, 4).values() for t in grid])
     found = teacher_search(teacher, "unipc", [4])[4]
-    assert found["timesteps"][0] == 999.0 and found["distance"] < found["start_distance"]
+    assert found["distance"] < found["start_distance"] and found["start"] in ("trailing", "leading", "linspace")
     x_T = SeededNoise(range(256), (2,), dtype=torch.float64)()
     # the ODE solution: Heun on 500 Karras steps in float64 (second order; far below the errors compared)
     exact = sample(model, SCHED, make_plan(SCHED, "heun", steps=500, spacing="karras"), init_noise=x_T,
@@ -98,6 +98,7 @@ def test_the_teacher_search_beats_the_trailing_grid_on_trajectories_it_never_saw
 
 
 def test_candidates_and_errors():
+    assert start_grids(SCHED, 5)["leading"] == [831, 665, 499, 333, 167]  # diffusers' multistep schedulers'
     grid = candidate_grid(SCHED, 10)
     assert grid[0] == 999 and grid[-1] == 0 and len(grid) == 10
     with pytest.raises(ValueError, match="candidates=1 is not valid; need at least 2"):

@@ -40,10 +40,13 @@ def start_grid(candidates: Sequence[float], steps: int) -> list[float]:
 
 def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Sequence[float], steps: int,
                 start: Sequence[float] | None = None, max_passes: int = 3,
-                log: Callable[[str], None] = lambda _: None, keep_first: bool = False) -> tuple[list[float], float, dict]:
+                log: Callable[[str], None] = lambda _: None, keep_first: bool = False,
+                window: int | None = None) -> tuple[list[float], float, dict]:
     """Coordinate descent for the descending grid of ``steps`` candidates that minimises
     ``objective(grid)``; with ``keep_first`` the first timestep stays where ``start`` puts it (an
-    ODE solution from x_T at T - 1). Returns (best grid, its value, every grid measured -> value)."""
+    ODE solution from x_T at T - 1); with ``window`` a point moves at most that many candidates
+    either way per try (a local search for long candidate lists: fewer grids per pass, more passes).
+    Returns (best grid, its value, every grid measured -> value)."""
     cands = sorted(set(float(c) for c in candidates), reverse=True)
     grid = list(start) if start is not None else start_grid(cands, steps)
     if len(grid) != steps or any(a <= b for a, b in zip(grid, grid[1:])):
@@ -63,7 +66,9 @@ def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Seq
         for i in range(1 if keep_first else 0, steps):
             hi = grid[i - 1] if i > 0 else np.inf
             lo = grid[i + 1] if i + 1 < steps else -np.inf
-            for c in cands:
+            here = cands.index(grid[i]) if grid[i] in cands else None
+            near = cands if window is None or here is None else cands[max(here - window, 0): here + window + 1]
+            for c in near:
                 if lo < c < hi and c != grid[i]:
                     trial = grid[:i] + [c] + grid[i + 1:]
                     value = measure(trial)
@@ -125,7 +130,8 @@ def found_line(sampler: str, steps: int, entry: dict) -> str:
         how = f"GITS: total jump price {entry['cost']:.4g} on {entry['num']} teacher trajectories"
     elif method == "teacher":
         how = (f"RMS distance to the teacher {entry['distance']:.4f}, from {entry['start_distance']:.4f} on the "
-               f"trailing grid, {entry['num']} trajectories; {entry['grids_measured']} grids measured")
+               f"{entry.get('start', 'trailing')} grid, {entry['num']} trajectories; {entry['grids_measured']} grids "
+               "measured")
     else:
         how = f"FID {entry['fid']:.2f} on {entry['num']} samples; {entry['grids_measured']} grids measured"
     return f"{sampler}, {steps} steps: timesteps {format_grid(entry['timesteps'])} ({how})"

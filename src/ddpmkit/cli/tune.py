@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
                        description="For each step count, a grid of candidate timesteps for the sampler, found --by "
                        "fid: coordinate descent (each point in turn replaced by every candidate while that lowers FID, "
                        "as Song et al. 2023 chose their multistep consistency grids) on --num samples; --by teacher: "
-                       "the same descent with the first timestep kept at T - 1, priced by the RMS distance of the "
+                       "the same descent from the best of diffusers' trailing, leading and linspace grids, priced by "
+                       "the RMS distance of the "
                        "sampler's result from a fine-step teacher's (UniPC on 100 logSNR-spaced candidates) on --num "
                        "trajectories, no FID; --by gits: GITS (Chen et al. 2024), dynamic programming over the "
                        "teacher's trajectories pricing first-order jumps, the same grid for every sampler. Seeds are "
@@ -29,7 +30,8 @@ def add_parser(sub) -> None:
                    help="what prices a grid: fid (needs a feature network), teacher or gits (any ODE model)")
     p.add_argument("--candidates", type=timestep_list, default=None,
                    help="timesteps the grid is built from (default: --by fid the trailing grid of 10 steps; --by "
-                   "teacher or gits 100 logSNR-spaced timesteps and each step count's trailing grid, the teacher's "
+                   "teacher or gits 100 logSNR-spaced timesteps and each step count's trailing, leading and linspace "
+                   "grids, the teacher's "
                    "grid too)")
     p.add_argument("--num", type=positive_int, default=500,
                    help="samples per grid tried (--by fid), or teacher trajectories (--by teacher or gits)")
@@ -78,7 +80,7 @@ def run(args) -> None:
 
 def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
     """--by teacher or gits: the grids that a fine-step teacher's trajectories choose (``ddpmkit.gits``)."""
-    from ..gits import Teacher, gits_grids, teacher_search
+    from ..gits import Teacher, gits_grids, start_grids, teacher_search
     from ..tune import found_line
 
     if model.config.get("net", {}).get("arch") == "consistency" or args.sampler == "cm":
@@ -87,9 +89,9 @@ def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
     if model.conditional:
         raise ValueError(f"--by {args.by} runs the teacher without class labels; {model.path.name} is "
                          "class-conditional, so tune it --by fid")
-    trailing = [t for k in steps_list for t in model.schedule.grid(k, "trailing")]
+    starts = [t for k in steps_list for grid in start_grids(model.schedule, k).values() for t in grid]
     teacher = Teacher(model.net, model.schedule, shape=model.shape, num=args.num, seed=args.seed,
-                      candidates=args.candidates if args.candidates is not None else 100, extra=trailing,
+                      candidates=args.candidates if args.candidates is not None else 100, extra=starts,
                       prediction=model.prediction, batch_size=args.batch_size, device=args.device,
                       micro_batch=args.micro_batch)
     log = (lambda *a: None) if args.quiet else print

@@ -64,6 +64,10 @@ OURS = [
     ("euler-ancestral", "euler-ancestral", {}, "karras", False),
     ("dpmpp-2m-sde", "dpmpp-2m-sde", {}, "logsnr", False),
 ]
+# our deterministic samplers that run on grids searched for them (``ddpmkit.gits``), at SEARCHED_NFES
+SEARCHED = [(label, name, opts) for label, name, opts, spacing, det in OURS
+            if det and spacing == "trailing" and name not in ("heun",)]
+SEARCHED_NFES = (5, 10)
 # diffusers' schedulers, trailing spacing, with the keyword arguments that select the algorithm
 DIFFUSERS = [
     ("diffusers DDIM", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}, True),
@@ -75,6 +79,18 @@ DIFFUSERS = [
     ("diffusers DEIS", "DEISMultistepScheduler", {"solver_order": 3}, True),
     ("diffusers Euler a", "EulerAncestralDiscreteScheduler", {}, False),
 ]
+
+
+# diffusers' other grids (at SEARCHED_NFES): the keyword arguments that select each; which schedulers take it
+DIFFUSERS_GRIDS = {
+    "leading": ({"timestep_spacing": "leading", "steps_offset": 1}, None),
+    "linspace": ({"timestep_spacing": "linspace"}, None),
+    "karras": ({"use_karras_sigmas": True}, ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                             "DEISMultistepScheduler")),
+    "exponential": ({"use_exponential_sigmas": True}, ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                                       "DEISMultistepScheduler")),
+    "lu": ({"use_lu_lambdas": True}, ("DPMSolverMultistepScheduler",)),
+}
 
 
 def image_mixture(images: torch.Tensor, k: int, std: float, seed: int = 0) -> GaussianMixture:
@@ -118,13 +134,14 @@ def distribution_errors(x: torch.Tensor, gm: GaussianMixture, proj: torch.Tensor
 
 def diffusers_sample(cls_name: str, kwargs: dict, schedule: NoiseSchedule, model, x_T: torch.Tensor, nfe: int,
                      seed: int = 0):
-    """Run a diffusers scheduler the way its users do (trailing spacing, its own float32 tables
-    from our betas) for the most steps that fit ``nfe``; returns (x_0, steps, nfe used)."""
+    """Run a diffusers scheduler the way its users do (trailing spacing unless ``kwargs`` say
+    otherwise, its own float32 tables from our betas) for the most steps that fit ``nfe``; returns
+    (x_0, steps, nfe used)."""
     import diffusers
 
     cls = getattr(diffusers, cls_name)
-    sched = cls(num_train_timesteps=schedule.T, trained_betas=schedule.betas.tolist(), timestep_spacing="trailing",
-                **kwargs)
+    sched = cls(num_train_timesteps=schedule.T, trained_betas=schedule.betas.tolist(),
+                **{"timestep_spacing": "trailing", **kwargs})
     steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
     sched.set_timesteps(steps)
     y = x_T * sched.init_noise_sigma
@@ -149,10 +166,36 @@ def fit_order(nfes, errors) -> float | None:
     return float(-np.polyfit(n, e, 1)[0])
 
 
+def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 512, seed: int = 10**6,
+                    candidates: int = 40, log=print) -> dict:
+    """{(label, nfe): (grid, how)} for each sampler of ``SEARCHED`` at each NFE of ``nfes``: its
+    teacher-searched grid (``gits.teacher_search``, how = "teacher"), and the GITS grid shared by
+    all (how = "gits"), from ``num`` teacher trajectories of seeds disjoint from the measured ones."""
+    from ..gits import Teacher, gits_grids, start_grids, teacher_search
+
+    start = time.perf_counter()
+    teacher = Teacher(model, schedule, shape=shape, num=num, seed=seed, candidates=candidates,
+                      extra=[t for n in nfes for grid in start_grids(schedule, n).values() for t in grid])
+    out = {}
+    for n, entry in gits_grids(teacher, nfes).items():
+        for label, _, _ in SEARCHED:
+            out[label, n, "gits"] = entry["timesteps"]
+    for label, name, opts in SEARCHED:
+        for n, entry in teacher_search(teacher, name, nfes, options=opts).items():
+            out[label, n, "teacher"] = entry["timesteps"]
+    log(f"searched grids: {teacher.describe()}, {time.perf_counter() - start:.0f} s")
+    return out
+
+
 def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 100), num: int = 256,
-        eps_moment=None, reference_steps: int = 2000, include_diffusers: bool = True, log=print) -> dict:
-    """Every sampler of ``OURS`` (and ``DIFFUSERS``) at every NFE; returns rows plus the floor."""
+        eps_moment=None, reference_steps: int = 2000, include_diffusers: bool = True, log=print,
+        searched_nfes=SEARCHED_NFES, search: dict | None = None) -> dict:
+    """Every sampler of ``OURS`` (and ``DIFFUSERS``) at every NFE, and at ``searched_nfes`` those of
+    ``SEARCHED`` on their searched grids and diffusers' on their other grids; returns rows plus the
+    floor. ``search``: keyword arguments of ``searched_grids`` (num, seed, candidates)."""
     model = gm.model(schedule, "eps")
+    searched_nfes = [n for n in searched_nfes if n in nfes]
+    grids = searched_grids(model, schedule, gm.shape, searched_nfes, log=log, **(search or {})) if searched_nfes else {}
     x_T = SeededNoise(range(num), gm.shape, dtype=torch.float64)()
     start = time.perf_counter()
     reference = sample(model, schedule, make_plan(schedule, "heun", steps=reference_steps, spacing="karras"),
@@ -195,19 +238,49 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
                              return_info=True)
             record(label, "ddpmkit", spacing, deterministic, budget, x, steps, info["nfe"], time.perf_counter() - t0)
             assert info["nfe"] == plan.nfe
+        for how in ("teacher", "gits"):
+            for label, name, opts in SEARCHED if budget in searched_nfes else ():
+                t0 = time.perf_counter()
+                plan = make_plan(schedule, name, timesteps=grids[label, budget, how], **opts)
+                x, info = sample(model, schedule, plan, init_noise=x_T, seeds=range(num), return_info=True)
+                record(label, "ddpmkit", how, True, budget, x, plan.steps, info["nfe"], time.perf_counter() - t0)
         if include_diffusers:
             for label, cls_name, kw, deterministic in DIFFUSERS:
                 t0 = time.perf_counter()
                 x, steps, used = diffusers_sample(cls_name, kw, schedule, model, x_T.float(), budget)
                 record(label, "diffusers", "trailing", deterministic, budget, x, steps, used, time.perf_counter() - t0)
+            for grid, (extra, takers) in DIFFUSERS_GRIDS.items() if budget in searched_nfes else ():
+                for label, cls_name, kw, deterministic in DIFFUSERS:
+                    if deterministic and (takers is None or cls_name in takers) and cls_name != "HeunDiscreteScheduler":
+                        t0 = time.perf_counter()
+                        x, steps, used = diffusers_sample(cls_name, {**kw, **extra}, schedule, model, x_T.float(),
+                                                          budget)
+                        record(label, "diffusers", grid, True, budget, x, steps, used, time.perf_counter() - t0)
     orders = {}
     for key in dict.fromkeys(f"{r['sampler']} / {r['spacing']}" for r in rows):
         mine = [r for r in rows if f"{r['sampler']} / {r['spacing']}" == key and r["rms_error"] is not None]
         if mine:
             orders[key] = fit_order([r["nfe"] for r in mine], [r["rms_error"] for r in mine])
+    searched = {f"{label} / {n} / {how}": grid for (label, n, how), grid in grids.items()}
     return {"rows": rows, "floor": floor, "reference": ref_dist, "reference_check": reference_check, "orders": orders,
+            "searched_grids": searched,
             "mixture": {"components": len(gm.means), "std": gm.std, "shape": list(gm.shape)}, "num": num,
             "nfes": list(nfes), "schedule": schedule.to_config()}
+
+
+def best_against_diffusers(rows: list[dict]) -> list[dict]:
+    """At each NFE: our deterministic row with the lowest RMS error against the ODE, diffusers' (any
+    scheduler, any grid), and the ratio of the two errors."""
+    out = []
+    for nfe in dict.fromkeys(r["nfe_budget"] for r in rows):
+        best = {}
+        for source in ("ddpmkit", "diffusers"):
+            mine = [r for r in rows if r["source"] == source and r["nfe_budget"] == nfe and r["rms_error"] is not None]
+            best[source] = min(mine, key=lambda r: r["rms_error"]) if mine else None
+        if best["ddpmkit"] and best["diffusers"]:
+            out.append({"nfe": nfe, "ours": best["ddpmkit"], "diffusers": best["diffusers"],
+                        "ratio": best["ddpmkit"]["rms_error"] / best["diffusers"]["rms_error"]})
+    return out
 
 
 def markdown(result: dict, command: str) -> str:
@@ -241,6 +314,15 @@ def markdown(result: dict, command: str) -> str:
            f"{tuple(result['mixture']['shape'])}; {result['num']} samples from the same x_T for every "
            f"sampler. Schedule: {result['schedule']['name']}, T = {result['schedule']['T']}, eps prediction. "
            "A number in brackets is the NFE actually used where the budget could not be met exactly.\n",
+           "## Ours against diffusers: the lowest RMS error at each NFE\n",
+           "Against the exact probability-flow ODE solution (below). diffusers' best is over every scheduler "
+           "and every grid it offers here: trailing, leading, linspace, Karras, exponential and (DPM-Solver++) "
+           "uniform-logSNR sigmas.\n",
+           report.table(["NFE", "ours", "RMS error", "diffusers' best", "RMS error", "ours / diffusers"],
+                        [[b["nfe"], f"{b['ours']['sampler']} ({b['ours']['spacing']})", f"{b['ours']['rms_error']:.3e}",
+                          f"{b['diffusers']['sampler']} ({b['diffusers']['spacing']})",
+                          f"{b['diffusers']['rms_error']:.3e}", f"{b['ratio']:.2f}"]
+                         for b in best_against_diffusers(rows)]), "",
            "## RMS error of x_0 against the exact probability-flow ODE solution (deterministic samplers)\n",
            f"Reference: Heun with {result['reference_steps']} Karras steps in float64; its RMS distance to the "
            f"run with half the steps is {result['reference_check']:.1e}.\n",
@@ -250,7 +332,10 @@ def markdown(result: dict, command: str) -> str:
             "Euler), 2.0 (Heun, DPM-Solver++(2M)), 2-2.7 (3M, first-order start) and 3.0 (UniPC-2 with "
             "its corrector). Trailing grids end at t = T/N - 1 and jump from there to clean data with "
             "x0_hat, which shrinks samples towards their component's mean: low ODE error, yet off the "
-            "components (last table); Karras and logSNR grids end at t = 0.",
+            "components (last table); Karras and logSNR grids end at t = 0. Grid `teacher`: the grid searched "
+            "for that sampler against a fine-step teacher's trajectories (`ddpmkit tune --by teacher`: 256 "
+            "trajectories from other x_T, UniPC on 100 logSNR-spaced candidates plus the trailing grids); "
+            "`gits`: GITS's grid from the same trajectories (`--by gits`), one for every sampler.",
             "\n## Frechet distance to the mixture's exact moments (top-16 principal subspace)\n",
             f"Sampling floor (exact draws, same number): {result['floor']['fd']:.4f}; the ODE reference: "
             f"{result['reference']['fd']:.4f}.\n", by_nfe("fd", lambda v: f"{v:.4f}"),
