@@ -8,7 +8,8 @@ Each row samples seeds 0..num-1 (x_T from ``ddpmkit.rng``, so every row starts f
 and scores them with the package's MNIST feature network (FID and IS, as ``ddpmkit eval`` does).
 Our rows run through ``LoadedModel.sample``; diffusers' rows run its scheduler's own loop
 (``ddpmkit.measure.exact.diffusers_sample``) on the same network, micro-batched the same way, on
-trailing grids (its best at 5 NFE on the exact-denoiser benchmark). ``--grid unipc=runs/m.safetensors``
+the grids ``--diffusers-grids`` names (trailing by default; leading was their best at 5 NFE on the
+exact-denoiser benchmark). ``--grid unipc=runs/m.safetensors``
 adds a row for a grid that ``ddpmkit tune`` stored in another copy of the model (the sampler's tuned
 grid at this NFE). Writes benchmarks/results/few_step_mnist.json and .md, after every row (a rerun
 keeps the rows already there unless --fresh).
@@ -27,7 +28,7 @@ import torch
 from ddpmkit.files import write_text
 from ddpmkit.images import to_levels
 from ddpmkit.machine import describe_machine, keep_freed_memory
-from ddpmkit.measure.exact import diffusers_sample
+from ddpmkit.measure.exact import DIFFUSERS_GRIDS, diffusers_sample
 from ddpmkit.measure.reference import load_reference
 from ddpmkit.measure.report import table, write_json
 from ddpmkit.measure.score import score
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=10000)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--rows", default="diffusers,ours")
+    p.add_argument("--diffusers-grids", default="trailing", metavar="GRID,...",
+                   help="diffusers' grids to run: trailing, and those of ddpmkit.measure.exact.DIFFUSERS_GRIDS")
+    p.add_argument("--diffusers", default=None, metavar="LABEL,...", help="only these diffusers rows")
     p.add_argument("--ours", default=None, metavar="SAMPLER@GRID,...",
                    help="only these of our rows, e.g. ddim@trailing,unipc@logsnr (default: all)")
     p.add_argument("--grid", action="append", default=[], metavar="SAMPLER=MODEL_FILE")
@@ -72,13 +76,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     keep_freed_memory()
     out = pathlib.Path(args.out)
-    done = [] if args.fresh or not out.with_suffix(".json").exists() else json.loads(
-        out.with_suffix(".json").read_text())["rows"]
+    before = {} if args.fresh or not out.with_suffix(".json").exists() else json.loads(
+        out.with_suffix(".json").read_text())
+    done = before.get("rows", [])
+    command = ("python benchmarks/few_step_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    commands = [*before.get("commands", []), command]
     model, ref = load_model("mnist"), load_reference("mnist")
     batches = [range(lo, min(lo + args.batch, args.num)) for lo in range(0, args.num, args.batch)]
     rows = []
     if "diffusers" in args.rows:
-        rows += [(label, "trailing", "diffusers", (cls, kw)) for label, cls, kw in DIFFUSERS]
+        chosen = None if args.diffusers is None else set(args.diffusers.split(","))
+        for grid in args.diffusers_grids.split(","):
+            extra = {} if grid == "trailing" else DIFFUSERS_GRIDS[grid][0]
+            rows += [(label, grid, "diffusers", (cls, {**kw, **extra})) for label, cls, kw in DIFFUSERS
+                     if chosen is None or label in chosen]
     for spec in args.grid:
         name, path = spec.split("=", 1)
         rows.append((name, f"tuned ({pathlib.Path(path).name})", "tuned", (name, path)))
@@ -113,13 +124,13 @@ def main(argv=None) -> int:
         done.append(row)
         print(f"  {label:<20} {grid:<24} FID {row['fid']:.2f} ± {row['fid_se']:.2f}  IS {row['is']:.2f}  "
               f"{seconds:.0f} s", flush=True)
-        write(out, done, argv)
+        write(out, done, commands)
     return 0
 
 
-def write(out: pathlib.Path, rows: list[dict], argv) -> None:
-    command = ("python benchmarks/few_step_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    result = {"command": command, "machine": describe_machine("cpu"), "rows": rows}
+def write(out: pathlib.Path, rows: list[dict], commands: list[str]) -> None:
+    """The JSON and markdown of ``rows``, made by ``commands`` (each run adds its rows)."""
+    result = {"commands": commands, "machine": describe_machine("cpu"), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), result)
     lines = []
@@ -133,7 +144,8 @@ def write(out: pathlib.Path, rows: list[dict], argv) -> None:
                         [[r["sampler"], r["grid"], f"{r['fid']:.2f} ± {r['fid_se']:.2f}", f"{r['is']:.2f}",
                           ", ".join(f"{t:g}" for t in r["timesteps"]) if r["timesteps"] else "",
                           f"{r['seconds']:.0f}"] for r in mine])]
-    write_text(out.with_suffix(".md"), f"# Few-step sampling of the shipped MNIST model\n\nMade by `{command}` "
+    made = "; ".join(f"`{c}`" for c in commands)
+    write_text(out.with_suffix(".md"), f"# Few-step sampling of the shipped MNIST model\n\nMade by {made} "
                f"on {result['machine']}: the same network, seeds and x_T for every row; FID and IS by the "
                "package's MNIST feature network against the MNIST test set (± the bootstrap error); sorted by "
                "FID.\n" + "\n".join(lines) + "\n")
