@@ -92,7 +92,8 @@ def test_demo_and_exact_tables_against_hand_written_ones():
 def test_exact_benchmark_report_tables():
     from ddpmkit.measure.exact import markdown
 
-    row = {"nfe_budget": 5, "nfe": 5, "rms_error": 0.0123, "fd": 0.5, "same_component": 0.75, "on_component": 0.5}
+    row = {"nfe_budget": 5, "nfe": 5, "rms_error": 0.0123, "fd": 0.5, "same_component": 0.75, "on_component": 0.5,
+           "source": "ddpmkit"}
     result = {"nfes": [5, 10], "orders": {"ddim / trailing": 1.0}, "seconds": 3, "machine": "m", "data": "d",
               "num": 4, "mixture": {"components": 2, "std": 0.1, "shape": [1, 2, 2]}, "reference_steps": 8,
               "reference_check": 1e-4, "schedule": {"name": "linear", "T": 10}, "floor": {"fd": 0.1, "on_component": 1.0},
