@@ -31,9 +31,8 @@ import time
 import torch
 
 from ddpmkit.cli import build_parser, main
-from ddpmkit.files import write_text
 from ddpmkit.machine import describe_machine
-from ddpmkit.measure.report import table, write_json
+from ddpmkit.measure.report import table, write_result
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -224,11 +223,8 @@ def main_() -> None:
     counts: dict[str, int] = {}
     for c in cases:
         counts[c["outcome"]] = counts.get(c["outcome"], 0) + 1
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
     kept = [{k: v for k, v in c.items() if k != "argv"} for c in cases]  # argv: this run's temporary paths
-    write_json(out / "bad_inputs.json", {"machine": machine, "seconds": seconds, "counts": counts, "cases": kept})
     by_command = {}
     for c in cases:
         row = by_command.setdefault(c["command"], {"cases": 0, "clean": 0})
@@ -245,7 +241,8 @@ def main_() -> None:
         md += ["", "Not clean:", "", table(["command", "option", "value", "outcome", "stderr"],
                                            [[c["command"], c["option"], repr(c["value"]), c["outcome"],
                                              (c["stderr"] or [""])[0][:160]] for c in others])]
-    write_text(out / "bad_inputs.md", "\n".join(md) + "\n")
+    write_result(pathlib.Path(args.out) / "bad_inputs",
+                 {"machine": machine, "seconds": seconds, "counts": counts, "cases": kept}, "\n".join(md))
     print("\n".join(md))
 
 

@@ -17,10 +17,9 @@ import torch
 from ddpmkit import NoiseSchedule
 from ddpmkit.analytic import estimate_eps_moment
 from ddpmkit.data import load_dataset
-from ddpmkit.files import write_text
 from ddpmkit.machine import describe_machine
 from ddpmkit.measure.exact import image_mixture, markdown, run
-from ddpmkit.measure.report import write_json
+from ddpmkit.measure.report import write_result
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,11 +49,8 @@ def main(argv=None) -> int:
     result.update(seconds=time.perf_counter() - start, machine=describe_machine(), data=name,
                   reference_steps=args.reference_steps)
     command = "python benchmarks/exact.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), markdown(result, command.strip()))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_result(args.out, result, markdown(result, command.strip()))
+    print(f"wrote {args.out}.json and {args.out}.md")
     return 0
 
 

@@ -25,12 +25,11 @@ import time
 
 import torch
 
-from ddpmkit.files import write_text
 from ddpmkit.images import to_levels
 from ddpmkit.machine import describe_machine, keep_freed_memory
 from ddpmkit.measure.exact import DIFFUSERS_GRIDS, diffusers_sample
 from ddpmkit.measure.reference import load_reference
-from ddpmkit.measure.report import table, write_json
+from ddpmkit.measure.report import table, write_result
 from ddpmkit.measure.score import score
 from ddpmkit.models import load_model
 from ddpmkit.rng import SeededNoise
@@ -131,8 +130,6 @@ def main(argv=None) -> int:
 def write(out: pathlib.Path, rows: list[dict], commands: list[str]) -> None:
     """The JSON and markdown of ``rows``, made by ``commands`` (each run adds its rows)."""
     result = {"commands": commands, "machine": describe_machine("cpu"), "rows": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), result)
     lines = []
     for nfe in sorted({r["nfe"] for r in rows}):
         mine = sorted((r for r in rows if r["nfe"] == nfe), key=lambda r: r["fid"])
@@ -145,7 +142,7 @@ def write(out: pathlib.Path, rows: list[dict], commands: list[str]) -> None:
                           ", ".join(f"{t:g}" for t in r["timesteps"]) if r["timesteps"] else "",
                           f"{r['seconds']:.0f}"] for r in mine])]
     made = "; ".join(f"`{c}`" for c in commands)
-    write_text(out.with_suffix(".md"), f"# Few-step sampling of the shipped MNIST model\n\nMade by {made} "
+    write_result(out, result, f"# Few-step sampling of the shipped MNIST model\n\nMade by {made} "
                f"on {result['machine']}: the same network, seeds and x_T for every row; FID and IS by the "
                "package's MNIST feature network against the MNIST test set (± the bootstrap error); sorted by "
                "FID.\n" + "\n".join(lines) + "\n")

@@ -23,9 +23,8 @@ import time
 
 import torch
 
-from ddpmkit.files import write_text
 from ddpmkit.machine import describe_machine, keep_freed_memory
-from ddpmkit.measure.report import table, write_json
+from ddpmkit.measure.report import table, write_result
 from ddpmkit.models import load_model
 from ddpmkit.sampling import MICRO_BATCH
 
@@ -83,10 +82,7 @@ def main(argv=None):
           table(["network batch", "threads", "seconds", "ms per sample", "relative"],
                 [[r["network batch"], r["threads"], f"{r['seconds']:.2f}", f"{r['ms_per_sample']:.1f}",
                   f"{r['relative']:.2f}"] for r in timing])]
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "micro_batch.json", result)
-    write_text(out / "micro_batch.md", "\n".join(md) + "\n")
+    write_result(pathlib.Path(args.out) / "micro_batch", result, "\n".join(md))
     print("\n".join(md))
 
 

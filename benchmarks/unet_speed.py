@@ -31,9 +31,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ddpmkit.files import write_text
 from ddpmkit.machine import describe_machine, keep_freed_memory
-from ddpmkit.measure.report import table, write_json
+from ddpmkit.measure.report import table, write_result
 from ddpmkit.models import load_model
 from ddpmkit.nets import unet
 
@@ -144,10 +143,7 @@ def main(argv=None):
           table(["what", "threads", "wall s per batch", "ms per image", "user CPU s", "kernel CPU s", "relative"],
                 [[r["what"], r["threads"], f"{r['seconds']:.3f}", f"{r['ms_per_image']:.2f}", f"{r['user_s']:.2f}",
                   f"{r['kernel_s']:.2f}", f"{r['relative']:.2f}"] for r in rows])]
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "unet_speed.json", result)
-    write_text(out / "unet_speed.md", "\n".join(md) + "\n")
+    write_result(pathlib.Path(args.out) / "unet_speed", result, "\n".join(md))
     print("\n".join(md))
 
 

@@ -80,14 +80,25 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def shard_batches(seeds: Sequence[int], batch_size: int) -> list[list[int]]:
-    """This process's batches of ``seeds``: NVlabs/edm's split. The seeds are cut into the fewest
-    batches of at most ``batch_size`` whose count is a multiple of the number of processes, and
-    the batches are dealt out in turn (rank r takes batches r, r + N, ...); one process takes them all."""
+def all_batches(seeds: Sequence[int], batch_size: int) -> list[list[int]]:
+    """NVlabs/edm's cut: ``seeds`` in the fewest batches of at most ``batch_size`` whose count is a
+    multiple of the number of processes (some may be empty where there are few seeds)."""
     seeds, world = list(seeds), world_size()
     count = (max(len(seeds) - 1, 0) // (batch_size * world) + 1) * world
-    batches = [b.tolist() for b in torch.as_tensor(seeds, dtype=torch.int64).tensor_split(count)]
-    return batches[rank()::world]
+    return [b.tolist() for b in torch.as_tensor(seeds, dtype=torch.int64).tensor_split(count)]
+
+
+def shard_batches(seeds: Sequence[int], batch_size: int) -> list[list[int]]:
+    """This process's batches of ``all_batches``: dealt out in turn (rank r takes batches r, r + N,
+    ...); one process takes them all."""
+    return all_batches(seeds, batch_size)[rank()::world_size()]
+
+
+def sample_shared(draw, seeds: Sequence[int], batch_size: int, empty: torch.Tensor) -> torch.Tensor:
+    """``draw(batch)`` for each of this process's non-empty batches of ``seeds``, gathered on every
+    process in seed order (``empty``: this process's rows when it has no batch)."""
+    parts = [draw(b) for b in shard_batches(seeds, batch_size) if b]
+    return gather_rows(torch.cat(parts) if parts else empty, seeds, batch_size)
 
 
 def gather_rows(local: torch.Tensor, seeds: Sequence[int], batch_size: int) -> torch.Tensor:
@@ -96,8 +107,7 @@ def gather_rows(local: torch.Tensor, seeds: Sequence[int], batch_size: int) -> t
     world = world_size()
     if world == 1:
         return local
-    counts = [len(b) for b in torch.as_tensor(list(seeds), dtype=torch.int64).tensor_split(
-        (max(len(seeds) - 1, 0) // (batch_size * world) + 1) * world)]
+    counts = [len(b) for b in all_batches(seeds, batch_size)]
     per_rank = [sum(counts[r::world]) for r in range(world)]
     most = max(per_rank)
     padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype, device=_device())

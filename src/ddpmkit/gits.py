@@ -59,23 +59,20 @@ def teacher_states(model, schedule: NoiseSchedule, candidates: list[float], *, s
     clean end, (N, ...)), from the seeds' x_T, by ``TEACHER`` on the candidate grid."""
     seeds = list(seeds)
     plan = make_plan(schedule, TEACHER, timesteps=candidates, prediction=prediction)
-    xs, x0s = [], []
+    xs, x0s = [], []  # batch by batch (sample's batches), step by step within each
 
     def keep(i, t, x_t, x0_hat):  # x_t before UniPC's corrector: the state that x0_hat is the output at
         xs.append(x_t.detach().to("cpu", torch.float64))
         x0s.append(x0_hat.detach().to("cpu", torch.float64))
 
-    parts, trajectories = [], []
-    chunk = len(seeds) if batch_size is None else batch_size
-    for lo in range(0, len(seeds), chunk):
-        xs.clear(), x0s.clear()
-        parts.append(sample(model, schedule, plan, shape=(len(seeds[lo:lo + chunk]), *shape), seeds=seeds[lo:lo + chunk],
-                            prediction=prediction, device=device, dtype=dtype, callback=keep, **sample_kw)
-                     .to("cpu", torch.float64))
-        trajectories.append((torch.stack(xs), torch.stack(x0s)))
-    x = torch.cat([t[0] for t in trajectories], dim=1)
-    x0 = torch.cat([t[1] for t in trajectories], dim=1)
-    return x, x0, torch.cat(parts)
+    end = sample(model, schedule, plan, shape=(len(seeds), *shape), seeds=seeds, prediction=prediction,
+                 batch_size=batch_size, device=device, dtype=dtype, callback=keep, **sample_kw)
+    steps = len(plan.grid)
+
+    def by_step(per_call):  # (steps, N, ...): each batch's steps stacked, the batches side by side
+        return torch.cat([torch.stack(per_call[lo:lo + steps]) for lo in range(0, len(per_call), steps)], dim=1)
+
+    return by_step(xs), by_step(x0s), end.to("cpu", torch.float64)
 
 
 def jump_costs(schedule: NoiseSchedule, candidates: list[float], x: torch.Tensor, x0: torch.Tensor,
@@ -87,15 +84,13 @@ def jump_costs(schedule: NoiseSchedule, candidates: list[float], x: torch.Tensor
     abar = torch.tensor([schedule.abar_at(t) for t in candidates], dtype=torch.float64)
     a, s = abar.sqrt(), (1 - abar).sqrt()
     shape = (-1,) + (1,) * (x.ndim - 1)  # over (later candidates, samples, *sample shape)
-    flat = lambda v: v.reshape(v.shape[0], -1)  # noqa: E731
     cost = torch.full((count, count + 1), math.inf, dtype=torch.float64)
     for i in range(count):
-        eps = (x[i] - a[i] * x0[i]) / s[i]  # the teacher's eps_hat at t_i, consistent with its x0_hat
-        later = a[i + 1:].view(shape) * x0[i] + s[i + 1:].view(shape) * eps  # DDIM to every later candidate
         if i + 1 < count:
-            diff = (later - x[i + 1:]).flatten(2)
-            cost[i, i + 1:count] = diff.norm(dim=2).mean(1)
-        cost[i, count] = (flat(x0[i]) - flat(end)).norm(dim=1).mean()
+            eps = (x[i] - a[i] * x0[i]) / s[i]  # the teacher's eps_hat at t_i, consistent with its x0_hat
+            later = a[i + 1:].view(shape) * x0[i] + s[i + 1:].view(shape) * eps  # DDIM to every later candidate
+            cost[i, i + 1:count] = (later - x[i + 1:]).flatten(2).norm(dim=2).mean(1)
+        cost[i, count] = (x0[i] - end).flatten(1).norm(dim=1).mean()
     return cost
 
 
@@ -178,6 +173,11 @@ def gits_grids(teacher: Teacher, steps_list, log=lambda _: None) -> dict[int, di
     return out
 
 
+def start_timesteps(schedule: NoiseSchedule, steps_list) -> list[float]:
+    """Every timestep of ``start_grids`` for each step count: what a teacher's candidates must hold."""
+    return [t for k in steps_list for grid in start_grids(schedule, k).values() for t in grid]
+
+
 def start_grids(schedule: NoiseSchedule, steps: int) -> dict[str, list[float]]:
     """The grids a teacher search may start from: diffusers' three spacings, with the leading one as
     its multistep schedulers place it (steps + 1 intervals, ``steps_offset`` 1: 831, 665, 499, 333,
@@ -201,11 +201,16 @@ def teacher_search(teacher: Teacher, sampler: str, steps_list, *, options: dict 
 
     options, start, out = dict(options or {}), dict(start or {}), {}
 
-    def objective(grid):
-        return teacher.distance(make_plan(teacher.schedule, sampler, timesteps=list(grid),
-                                          prediction=teacher.prediction, **options))
-
     for k in sorted(set(int(k) for k in steps_list)):
+        measured: dict[tuple[float, ...], float] = {}  # each grid's distance, once: the starts, then the search
+
+        def objective(grid):
+            grid = tuple(grid)
+            if grid not in measured:
+                measured[grid] = teacher.distance(make_plan(teacher.schedule, sampler, timesteps=list(grid),
+                                                            prediction=teacher.prediction, **options))
+            return measured[grid]
+
         starts = {"given": [float(t) for t in start[k]]} if k in start else start_grids(teacher.schedule, k)
         for grid in starts.values():
             missing = [t for t in grid if t not in teacher.candidates]
@@ -214,13 +219,13 @@ def teacher_search(teacher: Teacher, sampler: str, steps_list, *, options: dict 
                                  f"{format_grid(missing)}")
         priced = {name: objective(tuple(grid)) for name, grid in starts.items()}
         name = min(priced, key=priced.get)
-        grid, best, seen = search_grid(objective, teacher.candidates, k, start=starts[name], log=log,
-                                       window=WINDOW, max_passes=MAX_PASSES)
+        grid, best, _ = search_grid(objective, teacher.candidates, k, start=starts[name], log=log,
+                                    window=WINDOW, max_passes=MAX_PASSES)
         out[k] = {"timesteps": grid, "distance": best, "start": name, "start_distance": priced[name],
                   "method": "teacher", "num": teacher.num, "seed": teacher.seed, "teacher": teacher.describe(),
-                  "grids_measured": len(seen) + len(priced) - 1}
+                  "grids_measured": len(measured)}
     return out
 
 
 __all__ = ["Teacher", "candidate_grid", "teacher_states", "jump_costs", "best_paths", "gits_grids",
-           "teacher_search"]
+           "start_grids", "start_timesteps", "teacher_search"]

@@ -51,13 +51,16 @@ def sample_shared(model, plan, seeds: list[int], args, init=None) -> torch.Tenso
     (``distributed.shard_batches``) and they are gathered; in one process, all of them batch by batch."""
     mine = [b for b in distributed.shard_batches(seeds, args.batch_size) if b]
     bar = progress_bar(len(mine) * plan.steps, "step", f"{plan.sampler} {plan.steps} steps", args.quiet)
-    parts = [model.sample(plan, seeds=b, batch_size=args.batch_size, micro_batch=args.micro_batch,
-                          init_noise=None if init is None else init[b[0] - seeds[0] : b[-1] - seeds[0] + 1],
-                          device=args.device, callback=(lambda *a: bar.update(1)) if bar else None) for b in mine]
+
+    def draw(b):
+        return model.sample(plan, seeds=b, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                            init_noise=None if init is None else init[b[0] - seeds[0] : b[-1] - seeds[0] + 1],
+                            device=args.device, callback=(lambda *a: bar.update(1)) if bar else None)
+
+    x = distributed.sample_shared(draw, seeds, args.batch_size, torch.empty((0, *model.shape), device=args.device))
     if bar:
         bar.close()
-    local = torch.cat(parts) if parts else torch.empty((0, *model.shape), device=args.device)
-    return distributed.gather_rows(local, seeds, args.batch_size)
+    return x
 
 
 def default_num(plan, least: int = 16) -> int:

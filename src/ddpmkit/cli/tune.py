@@ -80,7 +80,7 @@ def run(args) -> None:
 
 def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
     """--by teacher or gits: the grids that a fine-step teacher's trajectories choose (``ddpmkit.gits``)."""
-    from ..gits import Teacher, gits_grids, start_grids, teacher_search
+    from ..gits import Teacher, gits_grids, start_timesteps, teacher_search
     from ..tune import found_line
 
     if model.config.get("net", {}).get("arch") == "consistency" or args.sampler == "cm":
@@ -89,9 +89,8 @@ def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
     if model.conditional:
         raise ValueError(f"--by {args.by} runs the teacher without class labels; {model.path.name} is "
                          "class-conditional, so tune it --by fid")
-    starts = [t for k in steps_list for grid in start_grids(model.schedule, k).values() for t in grid]
     teacher = Teacher(model.net, model.schedule, shape=model.shape, num=args.num, seed=args.seed,
-                      candidates=args.candidates if args.candidates is not None else 100, extra=starts,
+                      candidates=args.candidates if args.candidates is not None else 100, extra=start_timesteps(model.schedule, steps_list),
                       prediction=model.prediction, batch_size=args.batch_size, device=args.device,
                       micro_batch=args.micro_batch)
     log = (lambda *a: None) if args.quiet else print

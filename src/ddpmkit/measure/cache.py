@@ -134,19 +134,17 @@ def generate(model, plan, *, num: int, seed: int, levels: int, cache_dir: str | 
 def _sample_chunk(model, plan, first: int, count: int, batch_size: int, micro_batch, device, progress):
     """(samples of seeds first .. first+count-1 on every process, network calls per sample): each
     process samples its batches of the chunk (all of them in one process) and they are gathered."""
-    seeds = list(range(first, first + count))
-    xs, used = [], plan.nfe
-    for batch in distributed.shard_batches(seeds, batch_size):
-        if not batch:
-            continue
+    seeds, used, own = list(range(first, first + count)), [plan.nfe], [0]
+
+    def draw(batch):
         xb, info = model.sample(plan, seeds=batch, batch_size=batch_size, micro_batch=micro_batch, device=device,
                                 return_info=True)
-        xs.append(xb.cpu())
-        used = info["nfe"]
+        used[0], own[0] = info["nfe"], own[0] + len(xb)
         if progress is not None:
             progress(len(xb))
-    local = torch.cat(xs) if xs else torch.empty((0, *model.shape))
-    x = distributed.gather_rows(local, seeds, batch_size)
-    if progress is not None and len(local) < count:  # the other processes' samples, once they are here
-        progress(count - len(local))
-    return x, used
+        return xb.cpu()
+
+    x = distributed.sample_shared(draw, seeds, batch_size, torch.empty((0, *model.shape)))
+    if progress is not None and own[0] < count:  # the other processes' samples, once they are here
+        progress(count - own[0])
+    return x, used[0]

@@ -171,11 +171,11 @@ def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 51
     """{(label, nfe): (grid, how)} for each sampler of ``SEARCHED`` at each NFE of ``nfes``: its
     teacher-searched grid (``gits.teacher_search``, how = "teacher"), and the GITS grid shared by
     all (how = "gits"), from ``num`` teacher trajectories of seeds disjoint from the measured ones."""
-    from ..gits import Teacher, gits_grids, start_grids, teacher_search
+    from ..gits import Teacher, gits_grids, start_timesteps, teacher_search
 
     start = time.perf_counter()
     teacher = Teacher(model, schedule, shape=shape, num=num, seed=seed, candidates=candidates,
-                      extra=[t for n in nfes for grid in start_grids(schedule, n).values() for t in grid])
+                      extra=start_timesteps(schedule, nfes))
     out = {}
     for n, entry in gits_grids(teacher, nfes).items():
         for label, _, _ in SEARCHED:

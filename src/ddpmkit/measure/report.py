@@ -41,6 +41,15 @@ def write_json(path: str | os.PathLike, data) -> None:
     write_text(path, json.dumps(data, indent=1) + "\n")
 
 
+def write_result(stem: str | os.PathLike, data, markdown: str) -> None:
+    """A benchmark's results: ``data`` as STEM.json and ``markdown`` as STEM.md (a final newline
+    added), the folder made where missing, each file written atomically."""
+    stem = pathlib.Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_name(stem.name + ".json"), data)
+    write_text(stem.with_name(stem.name + ".md"), markdown.rstrip("\n") + "\n")
+
+
 def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str]) -> None:
     """``rows`` (dicts) as CSV with ``columns`` (other keys are left out), written atomically."""
     buf = io.StringIO()
