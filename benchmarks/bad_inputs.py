@@ -59,7 +59,8 @@ VALID = {"--p-mean": {"-1"}, "--ect-b": {"-1"}, "--s-tmax": {"inf"}, "--restart-
 NO_VALUES = {"--help"}
 SAMPLER_FOR = {"--eta": "ddim", "--s-churn": "heun", "--s-tmin": "heun", "--s-tmax": "heun", "--s-noise": "heun",
                "--order": "unipc", "--variant": "unipc", "--corrector": "unipc", "--restart-tmin": "restart",
-               "--restart-tmax": "restart", "--restart-k": "restart", "--restart-steps": "restart", "--variance": "ddpm"}
+               "--restart-tmax": "restart", "--restart-k": "restart", "--restart-steps": "restart", "--variance": "ddpm",
+               "--predictor": "dpm-solver-v3", "--corrector-order": "dpm-solver-v3"}
 
 KIND_OF_DEST = {  # options whose type is a plain str or none, by what they name
     "model": MODEL_FILES, "teacher": MODEL_FILES, "init_from": MODEL_FILES, "feature_net": MODEL_FILES,
@@ -81,7 +82,7 @@ def values_for(action: argparse.Action) -> list[str]:
         values = {"float": FLOAT, "positive_int": POSITIVE_INT, "nonneg_int": NONNEG_INT, "int": INT,
                   "device_arg": DEVICE, "parse_bool": BOOL, "timestep_list": TIMESTEPS, "class_list": CLASSES,
                   "interval_arg": INTERVAL, "scheduler_config_arg": CONFIG_FILES,
-                  "micro_batch_arg": ["0", "1.5", "none", "-16"]}.get(kind, CHOICE)
+                  "micro_batch_arg": ["0", "1.5", "none", "-16"], "at_least_int": ["1", "0", "1.5", "abc"]}.get(kind, CHOICE)
     return [v for v in values if v not in VALID.get(flag, set())]
 
 
@@ -117,6 +118,7 @@ class Scratch:
                 "bench": ["--out", str(out), "--cache", str(self.root / "cache")],
                 "tune": ["--model", "mnist-cm", "--out", str(out / "t.safetensors"), "--cache", str(self.root / "cache")],
                 "moments": ["--model", "mnist", "--out", str(out / "m.safetensors")],
+                "ems": ["--model", "mnist", "--out", str(out / "v.safetensors")],
                 "export": ["--model", "mnist", "--to", "diffusers", "--out", str(out / "x")],
                 "demo": ["--out", str(out / "d.png")]}[command]
 

@@ -11,7 +11,7 @@ Our rows run through ``LoadedModel.sample``; diffusers' rows run its scheduler's
 the grids ``--diffusers-grids`` names (trailing by default; leading was their best at 5 NFE on the
 exact-denoiser benchmark). ``--grid unipc=runs/m.safetensors``
 adds a row for a grid that ``ddpmkit tune`` stored in another copy of the model (the sampler's tuned
-grid at this NFE). Writes benchmarks/results/few_step_mnist.json and .md, after every row (a rerun
+grid at this NFE); ``--ems runs/m.safetensors`` names the copy that holds DPM-Solver-v3's statistics. Writes benchmarks/results/few_step_mnist.json and .md, after every row (a rerun
 keeps the rows already there unless --fresh).
 """
 
@@ -43,6 +43,8 @@ OURS = [  # (label, sampler, options, spacing): the rows of the README's sampler
     ("unipc", "unipc", {}, "logsnr"),
     ("dpmpp-2m", "dpmpp-2m", {}, "logsnr"),
     ("dpmpp-2m-sde", "dpmpp-2m-sde", {}, "logsnr"),
+    ("dpm-solver-v3", "dpm-solver-v3", {}, "trailing"),  # these two run on --ems's copy of the model
+    ("dpm-solver-v3", "dpm-solver-v3", {}, "logsnr"),
 ]
 DIFFUSERS = [  # (label, scheduler class, keyword arguments)
     ("diffusers DDIM", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}),
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--ours", default=None, metavar="SAMPLER@GRID,...",
                    help="only these of our rows, e.g. ddim@trailing,unipc@logsnr (default: all)")
     p.add_argument("--grid", action="append", default=[], metavar="SAMPLER=MODEL_FILE")
+    p.add_argument("--ems", default=None, metavar="MODEL_FILE",
+                   help="the copy of the model that `ddpmkit ems` wrote, for the dpm-solver-v3 rows (skipped without)")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "few_step_mnist"))
     args = p.parse_args(argv)
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
     if "ours" in args.rows:
         wanted = None if args.ours is None else set(args.ours.split(","))
         rows += [(label, spacing, "ours", (name, opts, spacing)) for label, name, opts, spacing in OURS
-                 if wanted is None or f"{label}@{spacing}" in wanted]
+                 if (wanted is None or f"{label}@{spacing}" in wanted) and (name != "dpm-solver-v3" or args.ems)]
+    with_ems = load_model(args.ems) if args.ems else None
     net = MicroBatched(model.net, MICRO_BATCH)
     for label, grid, kind, what in rows:
         if any(r["sampler"] == label and r["grid"] == grid and r["nfe"] == args.nfe and r["num"] == args.num
@@ -110,7 +115,7 @@ def main(argv=None) -> int:
                 timesteps = None
             else:
                 name, spec = what[0], what[1:]
-                m = load_model(spec[0]) if kind == "tuned" else model
+                m = load_model(spec[0]) if kind == "tuned" else with_ems if name == "dpm-solver-v3" else model
                 plan = m.plan(sampler=name, steps=args.nfe, **({} if kind == "tuned" else {"spacing": spec[1]}),
                               **(spec[0] if kind == "ours" else {}))
                 xs = [m.sample(plan, seeds=b, batch_size=args.batch) for b in batches]

@@ -87,3 +87,15 @@ def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     return train(out, {"dataset": "digits", "net": "tiny", "steps": 4, "batch_size": 16, "checkpoint_every": 4,
                        "sample_every": 100}, quiet=True)
+
+
+def model_extras(name, schedule, shape):
+    """What a model supplies to sampler ``name`` where a test has no model file: for dpm-solver-v3,
+    degenerate statistics (l = 1, s = b = 0) over ``schedule``'s range; nothing for the others."""
+    if name != "dpm-solver-v3":
+        return {}
+    from ddpmkit.ems import EMS, ems_grid
+    from ddpmkit.vp import alpha_sigma_lambda
+
+    lambdas = [alpha_sigma_lambda(schedule.abar_at(t))[2] for t in ems_grid(schedule, 50)]
+    return {"ems": EMS.degenerate(lambdas, shape)}

@@ -150,6 +150,34 @@ def test_moments_enable_the_optimal_variance(run_dir, tmp_path, cli_error):
     assert "has images of shape" in cli_error("moments", "--model", model, "--dataset", f"folder:{tmp_path / 'imgs'}")
 
 
+def test_ems_enable_dpm_solver_v3(run_dir, tmp_path, cli_error):
+    from ddpmkit.models import load_model
+
+    source, model = run_dir / "model.safetensors", tmp_path / "m.safetensors"
+    before = source.read_bytes()
+    args = ["sample", "--model", source, "--sampler", "dpm-solver-v3", "--steps", 5, "--num", 4, "--quiet"]
+    assert "`ddpmkit ems --model MODEL`" in cli_error(*args, "--out", tmp_path / "a.png")
+    r = ddpmkit("ems", "--model", source, "--num", 8, "--points", 6, "--out", model)
+    assert r.returncode == 0 and "stored DPM-Solver-v3's statistics" in r.stdout, r.stderr
+    assert source.read_bytes() == before  # --out writes a copy
+    config = read_config(model)
+    assert config["ems"]["num"] == 8 and config["step"] == 30
+    ems = load_model(model).extras["ems"]
+    assert ems.l.shape == (6, 1, 8, 8) and np.all(np.diff(ems.lambdas) > 0)
+    args[2] = model
+    r = ddpmkit(*args, "--corrector", "false", "--out", tmp_path / "b.npz")
+    assert r.returncode == 0, r.stderr
+    assert np.isfinite(np.load(tmp_path / "b.npz")["samples"]).all()
+    assert "'lower' is not valid; choose one of: higher, same" in cli_error(*args, "--corrector-order", "lower",
+                                                                          "--out", tmp_path / "c.npz")
+    assert "'1' is not an integer >= 2" in cli_error("ems", "--model", model, "--num", 1)
+    # the teacher search hands the model's statistics to the sampler it tunes
+    r = ddpmkit("tune", "--model", model, "--by", "teacher", "--sampler", "dpm-solver-v3", "--steps", 2, "--num", 4,
+                "--candidates", "999,800,600,400,200,100,50,0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert len(read_config(model)["tuned_timesteps"]["dpm-solver-v3"]["2"]["timesteps"]) == 2
+
+
 def test_eval_reports_metrics_with_the_floor_and_resumes(run_dir, tmp_path):
     import json
 

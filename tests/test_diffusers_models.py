@@ -197,6 +197,16 @@ def test_cli_sample_tune_and_out_on_a_diffusers_folder(folders, tmp_path, cli_er
         assert data["samples"].shape == (2, 1, 8, 8)
     store_tuned_grids(model, "ddim", {2: {"timesteps": [999, 400]}})
     assert load_model(model).plan(sampler="ddim", steps=2).grid == (999.0, 400.0)
+    from ddpmkit.ems import EMS, ems_grid
+    from ddpmkit.models import store_ems
+    from ddpmkit.vp import alpha_sigma_lambda
+
+    loaded = load_model(model)
+    lam = [alpha_sigma_lambda(loaded.schedule.abar_at(t))[2] for t in ems_grid(loaded.schedule, 8)]
+    store_ems(model, EMS.degenerate(lam, loaded.shape))  # beside diffusers' files, with the tuned grids kept
+    again = load_model(model)
+    assert again.extras["ems"].l.shape == (8, 1, 8, 8) and again.plan(sampler="ddim", steps=2).grid == (999.0, 400.0)
+    assert again.sample(sampler="dpm-solver-v3", steps=3, seeds=range(2)).shape == (2, 1, 8, 8)
     assert all(p.read_bytes() == b for p, b in files.items())  # diffusers' own files are untouched
     err = cli_error("moments", "--model", model, "--out", tmp_path / "m.safetensors")
     assert "is a diffusers folder, whose files are not rewritten" in err

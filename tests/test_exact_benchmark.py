@@ -31,13 +31,14 @@ def test_tiny_run_has_every_row():
     digits = torch.randn(50, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     gm = image_mixture(digits, 8, 0.2)
     result = run(gm, NoiseSchedule("linear", 1000), nfes=(5, 10), num=8, reference_steps=100, log=lambda *a: None,
-                 searched_nfes=(5,), search={"num": 8, "candidates": 12})
+                 searched_nfes=(5,), search={"num": 8, "candidates": 12}, ems_num=8)
     labels = {r["sampler"] for r in result["rows"]}
-    assert {"ddim", "heun", "dpmpp-3m", "unipc-3 bh1", "ipndm", "deis-3", "diffusers DDIM", "diffusers UniPC",
-            "diffusers DEIS"} <= labels
+    assert {"ddim", "heun", "dpmpp-3m", "unipc-3 bh1", "ipndm", "deis-3", "dpm-solver-v3", "diffusers DDIM",
+            "diffusers UniPC", "diffusers DEIS"} <= labels
     grids = {(r["sampler"], r["spacing"], r["nfe"]) for r in result["rows"]}
     # at 5 NFE: our samplers on their searched grids and GITS's, diffusers' on its other grids
-    assert {("unipc-3 bh1", "teacher", 5), ("ipndm", "gits", 5), ("diffusers DPM++ 3M", "karras", 5),
+    assert {("unipc-3 bh1", "teacher", 5), ("ipndm", "gits", 5), ("dpm-solver-v3", "teacher", 5),
+            ("diffusers DPM++ 3M", "karras", 5),
             ("diffusers DPM++ 2M", "lu", 5), ("diffusers DDIM", "leading", 5)} <= grids
     assert not any(n == 10 and (spacing == "teacher" or label.startswith("diffusers") and spacing == "karras")
                    for label, spacing, n in grids)

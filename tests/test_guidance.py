@@ -13,6 +13,8 @@ from ddpmkit.prediction import Denoiser
 from ddpmkit.samplers import SAMPLERS
 from ddpmkit.vp import sigma_from_abar
 
+from conftest import model_extras
+
 SCHED = NoiseSchedule("cosine", 1000)
 K, SHAPE = 3, (2, 3, 3)
 MEANS = torch.randn(K, *SHAPE, generator=torch.Generator().manual_seed(0))
@@ -63,9 +65,10 @@ def run(model, sampler, classes=None, seeds=range(6), steps=6, **options):
 def test_every_sampler_samples_the_guided_model(name):
     # classes 0, 1, 2 by seed: seeds 0..5 get 0, 1, 2, 0, 1, 2
     net = Conditional()
-    guided, info = run(net, name, classes=[0, 1, 2], guidance=2.5)
+    extras = model_extras(name, SCHED, SHAPE)
+    guided, info = run(net, name, classes=[0, 1, 2], guidance=2.5, **extras)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    reference, ref_info = run(Guided(2.5, labels), name)
+    reference, ref_info = run(Guided(2.5, labels), name, **extras)
     torch.testing.assert_close(guided, reference, rtol=1e-10, atol=1e-10)
     assert info["nfe"] == ref_info["nfe"] and info["evaluations"] == 2 * info["nfe"]
     assert set(net.batches) == {12}  # both halves in one call of twice the batch

@@ -7,11 +7,15 @@ import pytest
 import torch
 
 from ddpmkit import Denoiser, GaussianMixture, NoiseSchedule, SeededNoise, sample
+from ddpmkit.ems import estimate_ems
 from ddpmkit.samplers import SAMPLERS, min_steps, nfe_for, sampler_options, steps_for_nfe
 
 SCHED = NoiseSchedule("cosine", 1000)
 MIX = GaussianMixture(torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(0)), 0.2)
 SHAPE = (2, 3, 3)
+# what a model supplies to the samplers that need it (DPM-Solver-v3's statistics, estimated for MIX)
+EMS = estimate_ems(MIX.model(SCHED, "v"), SCHED, shape=SHAPE, num=16, points=30, prediction="v", dtype=torch.float64)
+EXTRAS = {"dpm-solver-v3": {"ems": EMS}}
 
 
 class Counting:
@@ -26,14 +30,15 @@ class Counting:
 @pytest.mark.parametrize("name", list(SAMPLERS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_dtype_and_finite(name, dtype):
-    x = sample(MIX.model(SCHED, "v"), SCHED, sampler=name, steps=7, prediction="v", shape=(3, *SHAPE), dtype=dtype)
+    x = sample(MIX.model(SCHED, "v"), SCHED, sampler=name, steps=7, prediction="v", shape=(3, *SHAPE), dtype=dtype,
+               **EXTRAS.get(name, {}))
     assert x.shape == (3, *SHAPE) and x.dtype == dtype and torch.isfinite(x).all()
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 @pytest.mark.parametrize("spacing", ["trailing", "karras"])
 def test_seed_invariance(name, spacing):
-    kw = dict(sampler=name, steps=6, spacing=spacing, prediction="v", dtype=torch.float64)
+    kw = dict(sampler=name, steps=6, spacing=spacing, prediction="v", dtype=torch.float64, **EXTRAS.get(name, {}))
     full = sample(MIX.model(SCHED, "v"), SCHED, shape=(5, *SHAPE), seeds=[3, 1, 4, 1, 5], **kw)
     parts = sample(MIX.model(SCHED, "v"), SCHED, shape=(5, *SHAPE), seeds=[3, 1, 4, 1, 5], batch_size=2, **kw)
     one = sample(MIX.model(SCHED, "v"), SCHED, shape=(1, *SHAPE), seeds=[4], **kw)
@@ -48,12 +53,13 @@ def test_reported_nfe_is_the_number_of_model_calls(name, steps):
     model = Counting()
     if steps < min_steps(name):  # refused, before any network call, rather than run as another sampler
         with pytest.raises(ValueError, match=f"{name} needs at least .* steps .*; got {steps}"):
-            sample(model, SCHED, sampler=name, steps=steps, prediction="v", shape=(2, *SHAPE))
+            sample(model, SCHED, sampler=name, steps=steps, prediction="v", shape=(2, *SHAPE), **EXTRAS.get(name, {}))
         with pytest.raises(ValueError, match="needs at least"):
             nfe_for(name, steps)
         assert model.calls == 0
         return
-    x, info = sample(model, SCHED, sampler=name, steps=steps, prediction="v", shape=(2, *SHAPE), return_info=True)
+    x, info = sample(model, SCHED, sampler=name, steps=steps, prediction="v", shape=(2, *SHAPE), return_info=True,
+                     **EXTRAS.get(name, {}))
     assert info["nfe"] == model.calls == nfe_for(name, steps)
     assert len(info["grid"]) == steps
 
@@ -69,7 +75,7 @@ def test_nfe_budget(name):
         steps = steps_for_nfe(name, budget, SCHED.T)
         assert nfe_for(name, steps) <= budget < nfe_for(name, steps + 1)
         model = Counting()
-        sample(model, SCHED, sampler=name, nfe=budget, prediction="v", shape=(1, *SHAPE))
+        sample(model, SCHED, sampler=name, nfe=budget, prediction="v", shape=(1, *SHAPE), **EXTRAS.get(name, {}))
         assert model.calls == nfe_for(name, steps)
 
 
@@ -99,6 +105,12 @@ def test_zero_terminal_snr(name):
     if name in ("euler", "heun", "euler-ancestral", "restart", "ipndm", "deis"):  # they step in (y, sigma)
         with pytest.raises(ValueError, match="finite sigma"):
             sample(gm.model(ZSNR, "v"), ZSNR, **kw)
+        return
+    if name == "dpm-solver-v3":  # its statistics live on a finite lambda grid, which cannot reach lambda = -inf
+        with pytest.raises(ValueError, match="finite terminal SNR"):
+            estimate_ems(gm.model(ZSNR, "v"), ZSNR, shape=(1, 4, 4), num=4, prediction="v")
+        with pytest.raises(ValueError, match="finite terminal SNR"):
+            sample(gm.model(ZSNR, "v"), ZSNR, **kw, ems=EMS)
         return
     x = sample(gm.model(ZSNR, "v"), ZSNR, **kw)
     assert torch.isfinite(x).all()
@@ -141,6 +153,8 @@ BAD_OPTIONS = {
                 {"restart_k": 0}, {"restart_k": 1.5}, {"restart_steps": True}, {"restart_steps": 0},
                 {"s_noise": -1.0}, {"restart_tmax": 1e6}, {"restart_k": 1, "restart_steps": 1}],
     "cm": [{"clip_denoised": False}],
+    "dpm-solver-v3": [{"ems": EMS}, {"ems": EMS, "order": 4}, {"ems": EMS, "predictor": "taylor"},
+                      {"ems": EMS, "corrector_order": "lower"}, {"ems": "stats"}],
 }
 # not descending, so only a direct call can ask for it, and only cm refuses it rather than divide by zero
 CM_GRIDS = {"back to abar 0": (ZSNR, [500.0, 999.0])}

@@ -8,10 +8,10 @@ import signal
 import sys
 
 from .. import __version__
-from . import bench, demo, distill, eval, export, moments, sample, samplers, train, tune
+from . import bench, demo, distill, ems, eval, export, moments, sample, samplers, train, tune
 from .common import FMT, Parser
 
-COMMANDS = (train, distill, sample, eval, bench, tune, moments, export, samplers, demo)
+COMMANDS = (train, distill, sample, eval, bench, tune, moments, ems, export, samplers, demo)
 
 
 DEBUG_ENV = "DDPMKIT_DEBUG"  # set (to anything but 0 or empty), like --debug: tracebacks instead of one line

@@ -81,6 +81,7 @@ def run(args) -> None:
 def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
     """--by teacher or gits: the grids that a fine-step teacher's trajectories choose (``ddpmkit.gits``)."""
     from ..gits import Teacher, gits_grids, start_timesteps, teacher_search
+    from ..samplers import model_options
     from ..tune import found_line
 
     if model.config.get("net", {}).get("arch") == "consistency" or args.sampler == "cm":
@@ -98,7 +99,8 @@ def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
     if args.by == "gits":
         found = gits_grids(teacher, steps_list)
     else:
-        found = teacher_search(teacher, args.sampler, steps_list, log=log)
+        supplied = {k: model.extras[k] for k in model_options(args.sampler) if k in model.extras}
+        found = teacher_search(teacher, args.sampler, steps_list, options=supplied, log=log)
     for k in steps_list:
         print(found_line(args.sampler, k, found[k]))
     return found

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data import load_digits
+from ..ems import estimate_ems
 from ..images import labelled_grid, save_image
 from ..oracles import GaussianMixture
 from ..plan import make_plan
@@ -57,6 +58,8 @@ OURS = [
     ("ipndm", "ipndm", {}, "logsnr", True),
     ("deis-3", "deis", {}, "trailing", True),
     ("deis-3", "deis", {}, "logsnr", True),
+    ("dpm-solver-v3", "dpm-solver-v3", {}, "trailing", True),
+    ("dpm-solver-v3", "dpm-solver-v3", {}, "logsnr", True),
     ("restart", "restart", {}, "karras", False),
     ("ddpm small", "ddpm", {"variance": "small"}, "trailing", False),
     ("ddpm optimal", "ddpm", {"variance": "optimal"}, "trailing", False),
@@ -167,10 +170,11 @@ def fit_order(nfes, errors) -> float | None:
 
 
 def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 512, seed: int = 10**6,
-                    candidates: int = 40, log=print) -> dict:
+                    candidates: int = 40, supplied=lambda name, opts: {}, log=print) -> dict:
     """{(label, nfe): (grid, how)} for each sampler of ``SEARCHED`` at each NFE of ``nfes``: its
     teacher-searched grid (``gits.teacher_search``, how = "teacher"), and the GITS grid shared by
-    all (how = "gits"), from ``num`` teacher trajectories of seeds disjoint from the measured ones."""
+    all (how = "gits"), from ``num`` teacher trajectories of seeds disjoint from the measured ones.
+    ``supplied(name, opts)``: what the model supplies to that sampler (DPM-Solver-v3's statistics)."""
     from ..gits import Teacher, gits_grids, start_timesteps, teacher_search
 
     start = time.perf_counter()
@@ -181,7 +185,7 @@ def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 51
         for label, _, _ in SEARCHED:
             out[label, n, "gits"] = entry["timesteps"]
     for label, name, opts in SEARCHED:
-        for n, entry in teacher_search(teacher, name, nfes, options=opts).items():
+        for n, entry in teacher_search(teacher, name, nfes, options={**opts, **supplied(name, opts)}).items():
             out[label, n, "teacher"] = entry["timesteps"]
     log(f"searched grids: {teacher.describe()}, {time.perf_counter() - start:.0f} s")
     return out
@@ -189,13 +193,25 @@ def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 51
 
 def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 100), num: int = 256,
         eps_moment=None, reference_steps: int = 2000, include_diffusers: bool = True, log=print,
-        searched_nfes=SEARCHED_NFES, search: dict | None = None) -> dict:
+        searched_nfes=SEARCHED_NFES, search: dict | None = None, ems_num: int = 1024) -> dict:
     """Every sampler of ``OURS`` (and ``DIFFUSERS``) at every NFE, and at ``searched_nfes`` those of
     ``SEARCHED`` on their searched grids and diffusers' on their other grids; returns rows plus the
-    floor. ``search``: keyword arguments of ``searched_grids`` (num, seed, candidates)."""
+    floor. ``search``: keyword arguments of ``searched_grids`` (num, seed, candidates); ``ems_num``:
+    the trajectories of DPM-Solver-v3's statistics."""
     model = gm.model(schedule, "eps")
+    start = time.perf_counter()
+    # DPM-Solver-v3's statistics, from trajectories apart from the measured and the grid search's
+    ems = estimate_ems(model, schedule, shape=gm.shape, num=ems_num, seed=2 * 10**6, dtype=torch.float64)
+    log(f"DPM-Solver-v3 statistics: {ems_num} trajectories, {time.perf_counter() - start:.0f} s")
+
+    def supplied(name, opts):  # what the model supplies to a sampler
+        if name == "dpm-solver-v3":
+            return {"ems": ems}
+        return {"eps_moment": eps_moment} if opts.get("variance") == "optimal" else {}
+
     searched_nfes = [n for n in searched_nfes if n in nfes]
-    grids = searched_grids(model, schedule, gm.shape, searched_nfes, log=log, **(search or {})) if searched_nfes else {}
+    grids = (searched_grids(model, schedule, gm.shape, searched_nfes, supplied=supplied, log=log, **(search or {}))
+             if searched_nfes else {})
     x_T = SeededNoise(range(num), gm.shape, dtype=torch.float64)()
     start = time.perf_counter()
     reference = sample(model, schedule, make_plan(schedule, "heun", steps=reference_steps, spacing="karras"),
@@ -231,9 +247,8 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
                 steps = steps_for_nfe(name, budget, schedule.T, **opts)
             except ValueError:
                 continue  # cannot fit even one step into this budget (restart needs 2 + its restarts)
-            supplied = {"eps_moment": eps_moment} if opts.get("variance") == "optimal" else {}
             t0 = time.perf_counter()
-            plan = make_plan(schedule, name, steps=steps, spacing=spacing, model_options=supplied, **opts)
+            plan = make_plan(schedule, name, steps=steps, spacing=spacing, model_options=supplied(name, opts), **opts)
             x, info = sample(model, schedule, plan, init_noise=x_T, seeds=range(num), dtype=torch.float32,
                              return_info=True)
             record(label, "ddpmkit", spacing, deterministic, budget, x, steps, info["nfe"], time.perf_counter() - t0)
@@ -241,7 +256,8 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
         for how in ("teacher", "gits"):
             for label, name, opts in SEARCHED if budget in searched_nfes else ():
                 t0 = time.perf_counter()
-                plan = make_plan(schedule, name, timesteps=grids[label, budget, how], **opts)
+                plan = make_plan(schedule, name, timesteps=grids[label, budget, how], model_options=supplied(name, opts),
+                                 **opts)
                 x, info = sample(model, schedule, plan, init_noise=x_T, seeds=range(num), return_info=True)
                 record(label, "ddpmkit", how, True, budget, x, plan.steps, info["nfe"], time.perf_counter() - t0)
         if include_diffusers:

@@ -1,5 +1,5 @@
 """ddpmkit's own model files: shipped models by name, checkpoints and run folders; loading them into
-a ``LoadedModel``, and adding what ``ddpmkit moments`` and ``ddpmkit tune`` measured to a file."""
+a ``LoadedModel``, and adding what ``ddpmkit moments``, ``ddpmkit ems`` and ``ddpmkit tune`` measured to a file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..checkpoint import CheckpointError, check_finite, check_tensors, load_into
 from ..prediction import check_prediction
 from ..schedule import NoiseSchedule
 from .diffusers_folder import SIDECAR, is_diffusers_folder, load_diffusers, sidecar_base
+from .extras import read_extras
 from .loaded import TUNED_KEY, LoadedModel
 
 CANDIDATES = ("model.safetensors", "checkpoint.safetensors")
@@ -119,12 +120,7 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device="cpu",
     net = build_net(config["net"], schedule)
     load_into(net, tensors, file)
     check_finite(net, file)
-    extras = {}
-    if "analytic" in config:
-        moment = load_tensors(file, "analytic.")[0]["eps_moment"].double().numpy()
-        if moment.shape != (schedule.T,):
-            raise CheckpointError(f"{file}: analytic.eps_moment has shape {moment.shape}, expected ({schedule.T},)")
-        extras["eps_moment"] = moment
+    extras = read_extras(file, config, schedule.T, shape)
     num_classes = config["net"].get("num_classes")  # a class-conditional U-Net's labels 0..num_classes-1
     return LoadedModel(net.to(device).eval().requires_grad_(False), schedule, prediction, shape, data_range, config,
                        file, extras, num_classes=num_classes, conditional=num_classes is not None)
@@ -149,7 +145,7 @@ def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict,
             raise ValueError(f"{path} is a diffusers folder: what ddpmkit adds goes to {file}, beside its files, "
                              "not to a copy (drop --out)")
         config = read_config(file) if file.is_file() else sidecar_base()
-        stored = load_tensors(file)[0] if file.is_file() and "analytic" in config else {}
+        stored = load_tensors(file)[0] if file.is_file() and ("analytic" in config or "ems" in config) else {}
     else:
         stored, config = load_tensors(file)
     config = {k: v for k, v in config.items() if k not in ("format", "version")}
@@ -167,6 +163,12 @@ def store_eps_moment(path: str | os.PathLike, moment: np.ndarray, info: dict,
     goes to its config."""
     return _rewrite(path, {"analytic.eps_moment": torch.as_tensor(np.asarray(moment, dtype=np.float64))},
                     {"analytic": info}, out)
+
+
+def store_ems(path: str | os.PathLike, ems, out: str | os.PathLike | None = None) -> pathlib.Path:
+    """Add DPM-Solver-v3's empirical model statistics (``ddpmkit.ems.EMS``) to a model file (rewritten
+    atomically, or written to ``out``), so that ``--sampler dpm-solver-v3`` works from it."""
+    return _rewrite(path, ems.tensors(), {"ems": ems.info}, out)
 
 
 def store_tuned_grids(path: str | os.PathLike, sampler: str, found: dict[int, dict],

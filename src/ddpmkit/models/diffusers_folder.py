@@ -18,7 +18,8 @@ import pathlib
 
 import torch
 
-from ..checkpoint import CheckpointError, check_finite, load_tensors, read_config
+from ..checkpoint import CheckpointError, check_finite, read_config
+from .extras import read_extras
 from ..files import file_digest
 from .loaded import TUNED_KEY, LoadedModel
 from .scheduler_config import read_scheduler_config
@@ -155,22 +156,16 @@ def sidecar_base(data: dict | None = None) -> dict:
             "prediction": "from scheduler_config.json", "data": dict(data or {})}
 
 
-def sidecar_config(folder: pathlib.Path) -> tuple[dict, dict]:
-    """(config, extras) of ddpmkit's own file in a diffusers folder, empty where there is none."""
+def sidecar_config(folder: pathlib.Path) -> dict:
+    """The config of ddpmkit's own file in a diffusers folder, empty where there is none."""
     file = folder / SIDECAR
-    if not file.is_file():
-        return {}, {}
-    config = read_config(file)
-    extras = {}
-    if "analytic" in config:
-        extras["eps_moment"] = load_tensors(file, "analytic.")[0]["eps_moment"].double().numpy()
-    return config, extras
+    return read_config(file) if file.is_file() else {}
 
 
 def load_diffusers(path: str | os.PathLike, *, scheduler_config: dict | None = None, device="cpu") -> LoadedModel:
     """A diffusers folder as a ``LoadedModel``: its UNet2DModel (loaded by diffusers), the schedule,
     prediction type and default plan options of its scheduler config, and what ddpmkit stored
-    beside it (a data set name, Analytic-DPM's moments, tuned grids)."""
+    beside it (a data set name, Analytic-DPM's moments, DPM-Solver-v3's statistics, tuned grids)."""
     folder = pathlib.Path(path)
     layout, unet_dir, sched, source = find_parts(folder, scheduler_config)
     settings = read_scheduler_config(sched, source)
@@ -179,14 +174,12 @@ def load_diffusers(path: str | os.PathLike, *, scheduler_config: dict | None = N
     weights = _weights(unet_dir)
     net = DiffusersNet(load_unet(unet_dir, weights))
     check_finite(net, weights)
-    own, extras = sidecar_config(folder)
-    if "eps_moment" in extras and extras["eps_moment"].shape != (settings.schedule.T,):
-        raise CheckpointError(f"{folder / SIDECAR}: analytic.eps_moment has shape {extras['eps_moment'].shape}, "
-                              f"expected ({settings.schedule.T},)")
+    own = sidecar_config(folder)
+    extras = read_extras(folder / SIDECAR, own, settings.schedule.T, shape) if own else {}
     config = {"format": "diffusers", "layout": layout, "unet": unet_config, "scheduler": sched,
               "schedule": settings.schedule.to_config(), "prediction": settings.prediction,
               "data": {"shape": list(shape), "range": list(DATA_RANGE), **own.get("data", {})},
-              **{k: own[k] for k in (TUNED_KEY, "analytic") if k in own}}
+              **{k: own[k] for k in (TUNED_KEY, "analytic", "ems") if k in own}}
     files = [unet_dir / "config.json", weights] + ([folder / SIDECAR] if (folder / SIDECAR).is_file() else [])
     digest = hashlib.sha256(json.dumps({"files": [file_digest(f) for f in files], "scheduler": sched},
                                        sort_keys=True).encode()).hexdigest()

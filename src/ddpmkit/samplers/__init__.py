@@ -5,7 +5,7 @@ and returns x_0. ``denoiser(x, t)`` gives (eps_hat, x0_hat) and carries the sche
 a descending sequence of timesteps; ``noise()`` returns the next per-sample unit Gaussian draw;
 ``callback(i, t, x_t, x0_hat)`` is called at every step. A sampler's options are its keyword-only
 parameters, so the valid options and their defaults are read off the function itself. Options in
-``MODEL_OPTIONS`` (Analytic-DPM's ``eps_moment``) come from the model, not the user: they are left
+``MODEL_OPTIONS`` (Analytic-DPM's ``eps_moment``, DPM-Solver-v3's ``ems``) come from the model, not the user: they are left
 out of ``sampler_options`` and listed by ``model_options``.
 
 Every sampler has a check, ``CHECKS[name](schedule, grid, **options)``, that raises exactly the
@@ -25,6 +25,7 @@ from .ddim import check_ddim, ddim
 from .ddpm import check_ddpm, ddpm
 from .deis import check_deis, deis
 from .dpm_solver import check_dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from .dpm_solver_v3 import check_dpm_solver_v3, dpm_solver_v3
 from .edm import check_edm, check_euler_ancestral, check_restart, euler, euler_ancestral, heun, restart
 from .pndm import check_ipndm, ipndm
 from .unipc import check_unipc, unipc
@@ -39,6 +40,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp-3m": dpmpp_3m,
     "dpmpp-2m-sde": dpmpp_2m_sde,
     "unipc": unipc,
+    "dpm-solver-v3": dpm_solver_v3,
     "ipndm": ipndm,
     "deis": deis,
     "restart": restart,
@@ -56,6 +58,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "dpmpp-3m": check_dpmpp,
     "dpmpp-2m-sde": check_dpmpp,
     "unipc": check_unipc,
+    "dpm-solver-v3": check_dpm_solver_v3,
     "ipndm": check_ipndm,
     "deis": check_deis,
     "restart": check_restart,
@@ -63,7 +66,7 @@ CHECKS: dict[str, Callable[..., None]] = {
 }
 
 # options a sampler takes from the model rather than from the user (no command-line flag)
-MODEL_OPTIONS = ("eps_moment",)
+MODEL_OPTIONS = ("eps_moment", "ems")
 
 # network evaluations for a grid of n steps, where it is not n
 _NFE: dict[str, Callable[..., int]] = {
