@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                        description="Estimate DPM-Solver-v3's empirical model statistics l, s, b (Zheng et al. 2023) "
                        "along --num of the model's own ODE trajectories at --points logSNR-spaced timesteps, and "
                        "store them in the model file (or in a copy of it with --out), so that `sample --sampler "
-                       "dpm-solver-v3` works. Costs about 5 x --num x --points network evaluations, once; no data set.")
+                       "dpm-solver-v3` works. Costs about 6 x --num x --points network evaluations, once; no data set.")
     add_model(p, required=True)
     p.add_argument("--num", type=at_least(2), default=1024, help="trajectories to average over")
     p.add_argument("--points", type=at_least(3), default=100, help="logSNR-spaced timesteps to estimate at")

@@ -19,8 +19,8 @@ import pathlib
 import torch
 
 from ..checkpoint import CheckpointError, check_finite, read_config
-from .extras import read_extras
 from ..files import file_digest
+from .extras import read_extras
 from .loaded import TUNED_KEY, LoadedModel
 from .scheduler_config import read_scheduler_config
 

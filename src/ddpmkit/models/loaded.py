@@ -23,7 +23,7 @@ TUNED_KEY = "tuned_timesteps"
 class LoadedModel:
     """Everything sampling must agree with, from one model file. ``extras`` holds what the model
     supplies to samplers that take it (``samplers.MODEL_OPTIONS``: Analytic-DPM's ``eps_moment``,
-    when ``ddpmkit moments`` stored it)."""
+    when ``ddpmkit moments`` stored it; DPM-Solver-v3's ``ems``, when ``ddpmkit ems`` did)."""
 
     net: torch.nn.Module
     schedule: NoiseSchedule
