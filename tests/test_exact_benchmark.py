@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ddpmkit import GaussianMixture, NoiseSchedule
-from ddpmkit.measure.exact import best_against_diffusers, distribution_errors, image_mixture, mixture_moments, principal_directions, run
+from ddpmkit.measure.exact import (best_against_diffusers, distribution_errors, image_mixture, markdown,
+                                   mixture_moments, principal_directions, run)
 
 
 def test_exact_draws_score_as_the_truth():
@@ -53,3 +54,6 @@ def test_tiny_run_has_every_row():
     for n in (5, 10):
         assert ddim[("ddim", n)] == pytest.approx(ddim[("diffusers DDIM", n)], rel=1e-3)
     assert all(r["nfe"] <= r["nfe_budget"] for r in result["rows"])
+    report = markdown({**result, "seconds": 1.0, "machine": "this machine", "data": "noise", "reference_steps": 100},
+                      "python benchmarks/exact.py")
+    assert "8 trajectories from seed 1000000" in report and "dpm-solver-v3's statistics: 8 trajectories" in report

@@ -170,11 +170,12 @@ def fit_order(nfes, errors) -> float | None:
 
 
 def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 512, seed: int = 10**6,
-                    candidates: int = 40, supplied=lambda name, opts: {}, log=print) -> dict:
-    """{(label, nfe): (grid, how)} for each sampler of ``SEARCHED`` at each NFE of ``nfes``: its
-    teacher-searched grid (``gits.teacher_search``, how = "teacher"), and the GITS grid shared by
-    all (how = "gits"), from ``num`` teacher trajectories of seeds disjoint from the measured ones.
-    ``supplied(name, opts)``: what the model supplies to that sampler (DPM-Solver-v3's statistics)."""
+                    candidates: int = 40, supplied=lambda name, opts: {}, log=print) -> tuple[dict, str]:
+    """({(label, nfe, how): grid}, what the teacher was) for each sampler of ``SEARCHED`` at each NFE
+    of ``nfes``: its teacher-searched grid (``gits.teacher_search``, how = "teacher"), and the GITS
+    grid shared by all (how = "gits"), from ``num`` teacher trajectories of seeds disjoint from the
+    measured ones. ``supplied(name, opts)``: what the model supplies to that sampler (DPM-Solver-v3's
+    statistics)."""
     from ..gits import Teacher, gits_grids, start_timesteps, teacher_search
 
     start = time.perf_counter()
@@ -188,7 +189,7 @@ def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 51
         for n, entry in teacher_search(teacher, name, nfes, options={**opts, **supplied(name, opts)}).items():
             out[label, n, "teacher"] = entry["timesteps"]
     log(f"searched grids: {teacher.describe()}, {time.perf_counter() - start:.0f} s")
-    return out
+    return out, teacher.describe()
 
 
 def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 100), num: int = 256,
@@ -210,8 +211,8 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
         return {"eps_moment": eps_moment} if opts.get("variance") == "optimal" else {}
 
     searched_nfes = [n for n in searched_nfes if n in nfes]
-    grids = (searched_grids(model, schedule, gm.shape, searched_nfes, supplied=supplied, log=log, **(search or {}))
-             if searched_nfes else {})
+    grids, teacher = (searched_grids(model, schedule, gm.shape, searched_nfes, supplied=supplied, log=log,
+                                     **(search or {})) if searched_nfes else ({}, None))
     x_T = SeededNoise(range(num), gm.shape, dtype=torch.float64)()
     start = time.perf_counter()
     reference = sample(model, schedule, make_plan(schedule, "heun", steps=reference_steps, spacing="karras"),
@@ -279,7 +280,7 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
             orders[key] = fit_order([r["nfe"] for r in mine], [r["rms_error"] for r in mine])
     searched = {f"{label} / {n} / {how}": grid for (label, n, how), grid in grids.items()}
     return {"rows": rows, "floor": floor, "reference": ref_dist, "reference_check": reference_check, "orders": orders,
-            "searched_grids": searched,
+            "searched_grids": searched, "teacher": teacher, "ems": ems.info,
             "mixture": {"components": len(gm.means), "std": gm.std, "shape": list(gm.shape)}, "num": num,
             "nfes": list(nfes), "schedule": schedule.to_config()}
 
@@ -349,9 +350,11 @@ def markdown(result: dict, command: str) -> str:
             "its corrector). Trailing grids end at t = T/N - 1 and jump from there to clean data with "
             "x0_hat, which shrinks samples towards their component's mean: low ODE error, yet off the "
             "components (last table); Karras and logSNR grids end at t = 0. Grid `teacher`: the grid searched "
-            "for that sampler against a fine-step teacher's trajectories (`ddpmkit tune --by teacher`: 256 "
-            "trajectories from other x_T, UniPC on 100 logSNR-spaced candidates plus the trailing grids); "
-            "`gits`: GITS's grid from the same trajectories (`--by gits`), one for every sampler.",
+            "for that sampler against a fine-step teacher's trajectories from other x_T (`ddpmkit tune --by "
+            f"teacher`, from the best of diffusers' trailing, leading and linspace grids; {result['teacher']}); "
+            "`gits`: GITS's grid from the same trajectories (`--by gits`), one for every sampler. "
+            f"dpm-solver-v3's statistics: {result['ems']['num']} trajectories from seed {result['ems']['seed']}, "
+            f"{result['ems']['points']} points (`ddpmkit ems`).",
             "\n## Frechet distance to the mixture's exact moments (top-16 principal subspace)\n",
             f"Sampling floor (exact draws, same number): {result['floor']['fd']:.4f}; the ODE reference: "
             f"{result['reference']['fd']:.4f}.\n", by_nfe("fd", lambda v: f"{v:.4f}"),
