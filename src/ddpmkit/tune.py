@@ -40,11 +40,10 @@ def start_grid(candidates: Sequence[float], steps: int) -> list[float]:
 
 def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Sequence[float], steps: int,
                 start: Sequence[float] | None = None, max_passes: int = 3,
-                log: Callable[[str], None] = lambda _: None, keep_first: bool = False,
+                log: Callable[[str], None] = lambda _: None,
                 window: int | None = None) -> tuple[list[float], float, dict]:
     """Coordinate descent for the descending grid of ``steps`` candidates that minimises
-    ``objective(grid)``; with ``keep_first`` the first timestep stays where ``start`` puts it (an
-    ODE solution from x_T at T - 1); with ``window`` a point moves at most that many candidates
+    ``objective(grid)``; with ``window`` a point moves at most that many candidates
     either way per try (a local search for long candidate lists: fewer grids per pass, more passes).
     Returns (best grid, its value, every grid measured -> value)."""
     cands = sorted(set(float(c) for c in candidates), reverse=True)
@@ -63,7 +62,7 @@ def search_grid(objective: Callable[[tuple[float, ...]], float], candidates: Seq
     best = measure(grid)
     for _ in range(max_passes):
         improved = False
-        for i in range(1 if keep_first else 0, steps):
+        for i in range(steps):
             hi = grid[i - 1] if i > 0 else np.inf
             lo = grid[i + 1] if i + 1 < steps else -np.inf
             here = cands.index(grid[i]) if grid[i] in cands else None

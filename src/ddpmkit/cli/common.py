@@ -53,6 +53,19 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def at_least(low: int):
+    """An integer type of values >= ``low``."""
+    def at_least_int(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low}")
+        return value
+    return at_least_int
+
+
 def parse_bool(text: str) -> bool:
     try:
         return parse_bool_text(text)
@@ -353,7 +366,7 @@ OUT_MODEL_HELP = ("model file (.safetensors) to write: a copy of --model with th
 
 
 def model_out(args) -> pathlib.Path | None:
-    """tune and moments: the model file to write, None for --model's own file. A shipped model is
+    """tune, moments and ems: the model file to write, None for --model's own file. A shipped model is
     never rewritten in place (the installed file stays as its card describes): it needs --out."""
     from ..models import SIDECAR, is_diffusers_model, is_shipped_name, resolve
 
@@ -380,6 +393,17 @@ def model_out(args) -> pathlib.Path | None:
         raise ValueError(f"--out {args.out}: give a model file name ending in .safetensors")
     check_writable(out, out.parent)
     return out
+
+
+def add_store_options(p: argparse.ArgumentParser, unit: str, seed_help: str, run) -> None:
+    """The flags that end the commands which estimate something once and store it in a model file
+    (moments, ems): --batch-size (``unit`` per network call), --seed, --device, --out, --quiet."""
+    p.add_argument("--batch-size", type=positive_int, default=256, help=f"{unit} per network call")
+    p.add_argument("--seed", type=nonneg_int, default=0, help=seed_help)
+    add_device(p)
+    p.add_argument("--out", default=None, help=OUT_MODEL_HELP)
+    add_quiet(p)
+    p.set_defaults(func=run)
 
 
 def progress_bar(total: int, unit: str, desc: str, quiet: bool, leave: bool = True):

@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .common import (FMT, OUT_MODEL_HELP, add_device, add_model, add_quiet, load_model_from_args, model_out,
-                     nonneg_int, positive_int, progress_bar)
-
-
-def at_least(low: int):
-    """An integer type of values >= ``low``."""
-    def at_least_int(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low}")
-        return value
-    return at_least_int
+from .common import FMT, add_model, add_store_options, at_least, load_model_from_args, model_out, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -30,12 +14,7 @@ def add_parser(sub) -> None:
     add_model(p, required=True)
     p.add_argument("--num", type=at_least(2), default=1024, help="trajectories to average over")
     p.add_argument("--points", type=at_least(3), default=100, help="logSNR-spaced timesteps to estimate at")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="trajectories per network call")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="first seed of the trajectories")
-    add_device(p)
-    p.add_argument("--out", default=None, help=OUT_MODEL_HELP)
-    add_quiet(p)
-    p.set_defaults(func=run)
+    add_store_options(p, "trajectories", "first seed of the trajectories", run)
 
 
 def run(args) -> None:

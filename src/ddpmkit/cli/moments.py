@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .common import (FMT, OUT_MODEL_HELP, add_device, add_model, add_quiet, load_model_from_args, model_out,
-                     nonneg_int, positive_int, progress_bar)
+from .common import FMT, add_model, add_store_options, load_model_from_args, model_out, positive_int, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -17,12 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num", type=positive_int, default=1000, help="training images to average over")
     p.add_argument("--timesteps", type=positive_int, default=100,
                    help="timesteps to estimate at (interpolated between)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per network call")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the image choice and the noise")
-    add_device(p)
-    p.add_argument("--out", default=None, help=OUT_MODEL_HELP)
-    add_quiet(p)
-    p.set_defaults(func=run)
+    add_store_options(p, "images", "seed of the image choice and the noise", run)
 
 
 def run(args) -> None:

@@ -91,9 +91,9 @@ def tune_by_teacher(model, args, steps_list: list[int]) -> dict[int, dict]:
         raise ValueError(f"--by {args.by} runs the teacher without class labels; {model.path.name} is "
                          "class-conditional, so tune it --by fid")
     teacher = Teacher(model.net, model.schedule, shape=model.shape, num=args.num, seed=args.seed,
-                      candidates=args.candidates if args.candidates is not None else 100, extra=start_timesteps(model.schedule, steps_list),
-                      prediction=model.prediction, batch_size=args.batch_size, device=args.device,
-                      micro_batch=args.micro_batch)
+                      candidates=args.candidates if args.candidates is not None else 100,
+                      extra=start_timesteps(model.schedule, steps_list), prediction=model.prediction,
+                      batch_size=args.batch_size, device=args.device, micro_batch=args.micro_batch)
     log = (lambda *a: None) if args.quiet else print
     log(f"teacher: {teacher.describe()}")
     if args.by == "gits":

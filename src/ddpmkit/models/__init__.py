@@ -6,5 +6,6 @@ from .checkpoints import (CANDIDATES, DEFAULT_MODEL, SHIPPED, SHIPPED_DIR, build
 from .diffusers_folder import SIDECAR
 from .loaded import TUNED_KEY, LoadedModel
 
-__all__ = ["LoadedModel", "load_model", "resolve", "is_shipped_name", "is_diffusers_model", "SIDECAR", "build_net", "store_eps_moment", "store_ems",
-           "store_tuned_grids", "SHIPPED", "SHIPPED_DIR", "DEFAULT_MODEL", "CANDIDATES", "TUNED_KEY"]
+__all__ = ["LoadedModel", "load_model", "resolve", "is_shipped_name", "is_diffusers_model", "SIDECAR", "build_net",
+           "store_eps_moment", "store_ems", "store_tuned_grids", "SHIPPED", "SHIPPED_DIR", "DEFAULT_MODEL", "CANDIDATES",
+           "TUNED_KEY"]

@@ -13,7 +13,7 @@ from ..checkpoint import CheckpointError, check_finite, check_tensors, load_into
 from ..prediction import check_prediction
 from ..schedule import NoiseSchedule
 from .diffusers_folder import SIDECAR, is_diffusers_folder, load_diffusers, sidecar_base
-from .extras import read_extras
+from .extras import STORED, read_extras
 from .loaded import TUNED_KEY, LoadedModel
 
 CANDIDATES = ("model.safetensors", "checkpoint.safetensors")
@@ -145,7 +145,7 @@ def _rewrite(path: str | os.PathLike, tensors: dict | None, update: dict,
             raise ValueError(f"{path} is a diffusers folder: what ddpmkit adds goes to {file}, beside its files, "
                              "not to a copy (drop --out)")
         config = read_config(file) if file.is_file() else sidecar_base()
-        stored = load_tensors(file)[0] if file.is_file() and ("analytic" in config or "ems" in config) else {}
+        stored = load_tensors(file)[0] if file.is_file() and any(k in config for k in STORED) else {}
     else:
         stored, config = load_tensors(file)
     config = {k: v for k, v in config.items() if k not in ("format", "version")}

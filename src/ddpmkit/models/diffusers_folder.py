@@ -20,7 +20,7 @@ import torch
 
 from ..checkpoint import CheckpointError, check_finite, read_config
 from ..files import file_digest
-from .extras import read_extras
+from .extras import STORED, read_extras
 from .loaded import TUNED_KEY, LoadedModel
 from .scheduler_config import read_scheduler_config
 
@@ -179,7 +179,7 @@ def load_diffusers(path: str | os.PathLike, *, scheduler_config: dict | None = N
     config = {"format": "diffusers", "layout": layout, "unet": unet_config, "scheduler": sched,
               "schedule": settings.schedule.to_config(), "prediction": settings.prediction,
               "data": {"shape": list(shape), "range": list(DATA_RANGE), **own.get("data", {})},
-              **{k: own[k] for k in (TUNED_KEY, "analytic", "ems") if k in own}}
+              **{k: own[k] for k in (TUNED_KEY, *STORED) if k in own}}
     files = [unet_dir / "config.json", weights] + ([folder / SIDECAR] if (folder / SIDECAR).is_file() else [])
     digest = hashlib.sha256(json.dumps({"files": [file_digest(f) for f in files], "scheduler": sched},
                                        sort_keys=True).encode()).hexdigest()

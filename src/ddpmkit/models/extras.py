@@ -9,6 +9,9 @@ import pathlib
 from ..checkpoint import CheckpointError, load_tensors
 from ..ems import EMS
 
+# the config entries whose tensors the file holds (under the same name as prefix)
+STORED = ("analytic", "ems")
+
 
 def read_extras(file: pathlib.Path, config: dict, T: int, shape) -> dict:
     """{"eps_moment": (T,) array, "ems": EMS}, each where ``config`` says the file holds it, checked
