@@ -300,6 +300,21 @@ def best_against_diffusers(rows: list[dict]) -> list[dict]:
     return out
 
 
+def searched_note(result: dict) -> str:
+    """What the report says of the searched grids and of DPM-Solver-v3's statistics, where the run had them."""
+    note = ""
+    if result.get("teacher"):
+        note += (" Grid `teacher`: the grid searched for that sampler against a fine-step teacher's trajectories "
+                 "from other x_T (`ddpmkit tune --by teacher`, from the best of diffusers' trailing, leading and "
+                 f"linspace grids; {result['teacher']}); `gits`: GITS's grid from the same trajectories (`--by "
+                 "gits`), one for every sampler.")
+    if result.get("ems"):
+        ems = result["ems"]
+        note += (f" dpm-solver-v3's statistics: {ems['num']} trajectories from seed {ems['seed']}, {ems['points']} "
+                 "points (`ddpmkit ems`).")
+    return note
+
+
 def markdown(result: dict, command: str) -> str:
     """The report of a ``run`` (with ``seconds``, ``machine``, ``data`` and ``reference_steps``
     added): RMS error, Frechet distance, same-component and on-component tables by NFE."""
@@ -349,12 +364,7 @@ def markdown(result: dict, command: str) -> str:
             "Euler), 2.0 (Heun, DPM-Solver++(2M)), 2-2.7 (3M, first-order start) and 3.0 (UniPC-2 with "
             "its corrector). Trailing grids end at t = T/N - 1 and jump from there to clean data with "
             "x0_hat, which shrinks samples towards their component's mean: low ODE error, yet off the "
-            "components (last table); Karras and logSNR grids end at t = 0. Grid `teacher`: the grid searched "
-            "for that sampler against a fine-step teacher's trajectories from other x_T (`ddpmkit tune --by "
-            f"teacher`, from the best of diffusers' trailing, leading and linspace grids; {result['teacher']}); "
-            "`gits`: GITS's grid from the same trajectories (`--by gits`), one for every sampler. "
-            f"dpm-solver-v3's statistics: {result['ems']['num']} trajectories from seed {result['ems']['seed']}, "
-            f"{result['ems']['points']} points (`ddpmkit ems`).",
+            "components (last table); Karras and logSNR grids end at t = 0." + searched_note(result),
             "\n## Frechet distance to the mixture's exact moments (top-16 principal subspace)\n",
             f"Sampling floor (exact draws, same number): {result['floor']['fd']:.4f}; the ODE reference: "
             f"{result['reference']['fd']:.4f}.\n", by_nfe("fd", lambda v: f"{v:.4f}"),
