@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ddpmkit import Denoiser, GaussianMixture, NoiseSchedule, SeededNoise, sample
-from ddpmkit.ems import EMS, ems_grid, estimate_ems
+from ddpmkit.ems import EMS, LAMBDA_STEP, ems_grid, estimate_ems
 from ddpmkit.plan import make_plan
 from ddpmkit.samplers import SAMPLERS
 from ddpmkit.vp import alpha_sigma_lambda
@@ -48,10 +48,13 @@ def test_ems_of_a_gaussian_are_its_closed_form(gaussian_ems):
     ems = gaussian_ems
     np.testing.assert_allclose(ems.l, np.broadcast_to(l_true[:, None, None, None], ems.l.shape), atol=1e-9)
     assert np.all(ems.s == 0)
-    # l = 1 / (1 + v e^{2 lambda}) (alpha^2 / sigma^2 = e^{2 lambda})
+    # l = 1 / (1 + v e^{2 lambda}) (alpha^2 / sigma^2 = e^{2 lambda}); b comes from central differences
+    # in lambda at step LAMBDA_STEP = 0.1, whose truncation error is O(step^2): b peaks at |m| / 2 = 0.15,
+    # measured error at most 6.5e-4 (2e-5 with a step of 0.01)
+    assert LAMBDA_STEP == 0.1
     e = STD**2 * np.exp(2 * ems.lambdas)
     dl = -2 * e / (1 + e) ** 2
-    np.testing.assert_allclose(ems.b, np.broadcast_to(-dl[:, None, None, None] * MEAN, ems.b.shape), atol=2e-5)
+    np.testing.assert_allclose(ems.b, np.broadcast_to(-dl[:, None, None, None] * MEAN, ems.b.shape), atol=1e-3)
 
 
 def test_first_order_v3_is_nearly_exact_on_a_gaussian(gaussian_ems):

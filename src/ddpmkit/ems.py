@@ -18,10 +18,11 @@ the derivatives come from second-order differences of the model (where the paper
 network itself; a difference quotient needs no autograd through the network and is exact for a
 linear model):
 
-- diag(d(sigma eps)/dx) ~ r * (sigma eps(x + delta r) - sigma eps(x - delta r)) / (2 delta) with a
-  Rademacher r (Hutchinson's diagonal estimator, exact where the Jacobian is diagonal);
+- diag(d(sigma eps)/dx) ~ r * (sigma eps(x + d r) - sigma eps(x - d r)) / (2 d) with a
+  Rademacher r and d = ``X_STEP`` (Hutchinson's diagonal estimator, exact where the Jacobian is diagonal);
 - a' = d(sigma eps / alpha)/dlambda along the ODE = -x0_hat' - a, with x0_hat' from x0_hat at
-  x +- delta dx/dlambda and lambda +- delta, dx/dlambda = sigma^2 x - sigma eps.
+  x +- h dx/dlambda and lambda +- h, dx/dlambda = sigma^2 x - sigma eps, h = ``LAMBDA_STEP`` (the
+  curvature of the path moves both points alike, so the central difference stays second order).
 
 With a = sigma eps / alpha and c = x / alpha (so c' = -a), f = a - l c and f' = a' + l a - l' c, so
 first and second moments of (a, c, a') per dimension are all that is kept: the estimate costs five
@@ -41,8 +42,12 @@ from .prediction import Denoiser
 from .schedule import NoiseSchedule
 from .vp import alpha_sigma_lambda
 
-# step of the finite differences, in lambda and in x (data scaled to about [-1, 1])
-DELTA = 1e-2
+# steps of the finite differences. In lambda, 0.1: at high noise one timestep of a 1000-step schedule
+# moves lambda by about 0.01, and a network's output is not smooth on that scale (steps of 0.01 made
+# s and b on the shipped MNIST model noisy enough for the solver to diverge on a logSNR grid). In x,
+# 0.01 (data scaled to about [-1, 1]): the Hutchinson differences probe the Jacobian near x.
+LAMBDA_STEP = 0.1
+X_STEP = 1e-2
 # the Rademacher directions of trajectory s come from seed RADEMACHER_SEED + s, apart from its noise's
 RADEMACHER_SEED = 1 << 40
 
@@ -192,7 +197,7 @@ def estimate_ems(model, schedule: NoiseSchedule, *, shape: tuple[int, ...], num:
             progress(len(seeds))
     lambdas = np.array([alpha_sigma_lambda(schedule.abar_at(t))[2] for t in ts])  # ascending: t descends
     l, s, b = fit_ems(lambdas, moments)
-    info = {"num": num, "seed": seed, "points": points, "delta": DELTA,
+    info = {"num": num, "seed": seed, "points": points, "lambda_step": LAMBDA_STEP, "x_step": X_STEP,
             "method": "DPM-Solver-v3 EMS (Zheng et al. 2023), finite differences along unipc trajectories"}
     return EMS(lambdas, l, s, b, info)
 
@@ -210,23 +215,25 @@ def _point(den: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, t: float, r:
     a = sigma * eps / alpha
     velocity = sigma**2 * x - sigma * eps  # dx/dlambda
 
-    def x0_at(k: int) -> torch.Tensor:  # x0_hat at lambda + k DELTA, x moved along the ODE's tangent
-        t_new = float(schedule.t_at_log_snr(2 * (lam + k * DELTA)))
-        return den(x + (k * DELTA) * velocity, t_new)[1]
+    h = LAMBDA_STEP
+
+    def x0_at(k: int) -> torch.Tensor:  # x0_hat at lambda + k h, x moved along the ODE's tangent
+        t_new = float(schedule.t_at_log_snr(2 * (lam + k * h)))
+        return den(x + (k * h) * velocity, t_new)[1]
 
     # a' = (a - c)' + c' = -x0_hat' - a: differences of x0_hat, of order 1, rather than of a, which is as
     # large as x / alpha; second order, central inside the schedule's lambda range, one-sided at its ends
     lam_min, lam_max = schedule.log_snr[-1] / 2, schedule.log_snr[0] / 2
-    if lam - DELTA < lam_min:
-        dx0 = (-3 * x0 + 4 * x0_at(1) - x0_at(2)) / (2 * DELTA)
-    elif lam + DELTA > lam_max:
-        dx0 = (3 * x0 - 4 * x0_at(-1) + x0_at(-2)) / (2 * DELTA)
+    if lam - h < lam_min:
+        dx0 = (-3 * x0 + 4 * x0_at(1) - x0_at(2)) / (2 * h)
+    elif lam + h > lam_max:
+        dx0 = (3 * x0 - 4 * x0_at(-1) + x0_at(-2)) / (2 * h)
     else:
-        dx0 = (x0_at(1) - x0_at(-1)) / (2 * DELTA)
+        dx0 = (x0_at(1) - x0_at(-1)) / (2 * h)
     da = -dx0 - a
-    e_plus, _ = den(x + DELTA * r, t)
-    e_minus, _ = den(x - DELTA * r, t)
-    diag = r * sigma * (e_plus - e_minus) / (2 * DELTA)
+    e_plus, _ = den(x + X_STEP * r, t)
+    e_minus, _ = den(x - X_STEP * r, t)
+    diag = r * sigma * (e_plus - e_minus) / (2 * X_STEP)
     return {"a": a, "c": x / alpha, "da": da, "diag": diag}
 
 
