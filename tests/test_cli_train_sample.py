@@ -406,6 +406,45 @@ def test_tune_by_a_teacher_stores_grids_without_fid(run_dir, tmp_path, cli_error
         "tune", "--model", model, "--by", "teacher")
 
 
+def test_tune_decouples_input_timesteps_that_sample_takes(run_dir, tmp_path, cli_error):
+    """--decouple refines the teacher-searched grid with the network's input timesteps; what it
+    reports is stored, and where kept, sample takes the grid with its inputs, the same samples as
+    --timesteps with --input-timesteps."""
+    import shutil
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(run_dir / "model.safetensors", model)
+    r = ddpmkit("tune", "--model", model, "--by", "teacher", "--sampler", "ddim", "--steps", 2, "--num", 8,
+                "--candidates", "999,800,600,400,200,100,0", "--decouple", 30)
+    assert r.returncode == 0, r.stderr
+    entry = read_config(model)["tuned_timesteps"]["ddim"]["2"]
+    report = entry["decoupled"]
+    assert report["runs"] <= 30 and report["fit_trajectories"] == 6
+    assert report["kept"] == (report["held_out_after"] < report["held_out_before"])
+    assert ("input_timesteps" in entry) == report["kept"] and "decoupled: timesteps " in r.stdout
+    # a grid with inputs, stored as tune stores it, and the same by hand
+    from ddpmkit.models import store_tuned_grids
+
+    store_tuned_grids(model, "ddim", {2: {"timesteps": [700.0, 150.0], "input_timesteps": [650.5, 180.0]}})
+    base = ["sample", "--model", model, "--sampler", "ddim", "--num", 3]
+    tuned = ddpmkit(*base, "--steps", 2, "--out", tmp_path / "tuned.npz")
+    assert tuned.returncode == 0, tuned.stderr
+    assert "at timesteps 700, 150 (the network told 650.5, 180)" in tuned.stdout
+    by_hand = ddpmkit(*base, "--timesteps", "700,150", "--input-timesteps", "650.5,180", "--out", tmp_path / "hand.npz")
+    assert by_hand.returncode == 0, by_hand.stderr
+    plain = ddpmkit(*base, "--timesteps", "700,150", "--out", tmp_path / "plain.npz")
+    assert plain.returncode == 0, plain.stderr
+    samples = {k: np.load(tmp_path / f"{k}.npz")["samples"] for k in ("tuned", "hand", "plain")}
+    np.testing.assert_array_equal(samples["tuned"], samples["hand"])
+    assert not np.array_equal(samples["tuned"], samples["plain"])
+    out = ["--out", tmp_path / "bad.npz"]
+    assert "--input-timesteps go with --timesteps" in cli_error(*base, *out, "--steps", 2, "--input-timesteps", "1,2")
+    assert "got 1 input timesteps for a grid of 2" in cli_error(*base, *out, "--timesteps", "700,150",
+                                                                 "--input-timesteps", "600")
+    assert "--decouple 5 refines a teacher-searched grid; it needs --by teacher, not --by gits" in cli_error(
+        "tune", "--model", model, "--by", "gits", "--sampler", "ddim", "--decouple", 5)
+
+
 def test_tune_stores_grids_that_sample_eval_and_bench_use(run_dir, tmp_path, cli_error):
     import json
     import shutil

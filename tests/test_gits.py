@@ -60,6 +60,8 @@ def test_gits_prices_a_jump_as_the_distance_from_the_teacher():
     t0 = teacher.candidates[0]
     exact_end = gm.ode_solution(x[0], SCHED.abar_at(t0), 1.0)
     torch.testing.assert_close(end, exact_end, rtol=0, atol=1e-3)  # the teacher is the ODE solution (2e-4)
+    alone = Teacher(gm.model(SCHED), SCHED, shape=(1,), num=64, candidates=60, dtype=torch.float64).end
+    torch.testing.assert_close(alone, end, rtol=0, atol=0)  # the end without the states: the same run
     cost = jump_costs(SCHED, teacher.candidates, x, x0, end)
     assert float(cost[0, -1]) == pytest.approx(float((x0[0] - end).abs().mean()), rel=1e-12)
     grids = gits_grids(teacher, [1, 3])
@@ -108,3 +110,29 @@ def test_candidates_and_errors():
         gits_grids(teacher, [6])
     with pytest.raises(ValueError, match="start grid 999, 500 holds timesteps that are not candidates: 500"):
         teacher_search(teacher, "ddim", [2], start={2: [999, 500]})
+
+
+def test_decoupled_timesteps_land_closer_on_trajectories_they_never_saw():
+    """LD3's decoupled timesteps (``gits.decoupled``) on UniPC at 3 steps on the 2-D mixture: the
+    searched grid and the network's input timesteps, refined together on 96 of 128 teacher
+    trajectories, land closer to the exact ODE solution from 256 other x_T than the searched grid
+    alone (measured: 0.050 against 0.117 RMS)."""
+    gm = mixture()
+    model = gm.model(SCHED)
+    teacher = Teacher(model, SCHED, shape=(2,), num=128, seed=10**6, candidates=40,
+                      extra=[t for grid in start_grids(SCHED, 3).values() for t in grid])
+    searched = teacher_search(teacher, "unipc", [3])[3]
+    found = teacher_search(teacher, "unipc", [3], decouple=200)[3]
+    report = found["decoupled"]
+    assert report["kept"] and report["held_out_after"] < report["held_out_before"] and report["runs"] <= 200
+    assert report["fitted_after"] < report["fitted_before"] and report["fit_trajectories"] == 96
+    assert len(found["input_timesteps"]) == 3 and found["input_timesteps"] != found["timesteps"]
+    x_T = SeededNoise(range(256), (2,), dtype=torch.float64)()
+    exact = sample(model, SCHED, make_plan(SCHED, "heun", steps=500, spacing="karras"), init_noise=x_T,
+                   dtype=torch.float64)
+
+    def error(entry):
+        plan = make_plan(SCHED, "unipc", timesteps=entry["timesteps"], input_timesteps=entry.get("input_timesteps"))
+        return float(((sample(model, SCHED, plan, init_noise=x_T, dtype=torch.float64) - exact) ** 2).mean().sqrt())
+
+    assert error(found) < 0.7 * error(searched), (error(found), error(searched))

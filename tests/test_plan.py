@@ -8,7 +8,7 @@ import torch
 
 import ddpmkit
 from ddpmkit import GaussianMixture, NoiseSchedule, make_plan, sample
-from ddpmkit.samplers import SAMPLERS, steps_for_nfe
+from ddpmkit.samplers import OFF_GRID, SAMPLERS, steps_for_nfe
 
 from conftest import model_extras
 
@@ -34,6 +34,25 @@ def test_a_plan_costs_what_its_run_costs(name):
     sample(net, SCHED, plan, shape=(2, 1, 4, 4))
     assert len(calls) == plan.nfe <= 20
     assert plan.steps == steps_for_nfe(name, 20, SCHED.T) and plan.grid == tuple(SCHED.grid(plan.steps, "karras"))
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_only_the_samplers_named_off_grid_evaluate_between_grid_timesteps(name):
+    """samplers.OFF_GRID is exactly the samplers that cannot take input timesteps: every other one
+    runs with inputs equal to its grid, and asks the network for its grid's timesteps only."""
+    plan = make_plan(SCHED, name, nfe=20, spacing="karras", **model_extras(name, SCHED, (1, 4, 4)))
+    asked = []
+
+    def net(x, t):
+        asked.append(float(t[0]))
+        return GM.model(SCHED)(x, t)
+
+    sample(net, SCHED, plan, shape=(2, 1, 4, 4))
+    assert (not set(asked) <= set(plan.grid)) == (name in OFF_GRID)
+    if name not in OFF_GRID:
+        inputs = make_plan(SCHED, name, timesteps=plan.grid, input_timesteps=plan.grid,
+                           **model_extras(name, SCHED, (1, 4, 4)))
+        sample(GM.model(SCHED), SCHED, inputs, shape=(2, 1, 4, 4))
 
 
 def test_the_grid_comes_from_one_source():
@@ -140,3 +159,47 @@ def test_a_plan_spells_out_only_the_grids_no_spacing_makes_again():
     assert make_plan(SCHED, "ddim", steps=4, spacing="karras").timesteps is None
     assert make_plan(SCHED, "ddim", timesteps=[999, 10]).timesteps == [999.0, 10.0]
     assert make_plan(SCHED, "cm", steps=1, tuned={1: [775.0]}).timesteps == [775.0]
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp-2m", "unipc", "heun"])
+def test_input_timesteps_are_what_the_network_is_told(name):
+    """LD3's decoupled timesteps: at grid timestep t_i the network gets s_i, and the run is the plain
+    plan's on a network that maps each t_i to s_i itself; s = t is the plain run, bit for bit."""
+    grid, told = [900.0, 600.0, 250.0, 40.0], [880.0, 615.5, 230.0, 47.0]
+    model, seen = GM.model(SCHED), []
+
+    def recording(x, t):
+        seen.append(float(t[0]))
+        return model(x, t)
+
+    def mapping(x, t):  # the decoupling written by hand
+        return model(x, torch.full_like(t, told[grid.index(float(t[0]))], dtype=torch.float64))
+
+    plan = make_plan(SCHED, name, timesteps=grid, input_timesteps=told)
+    x = sample(recording, SCHED, plan, shape=(5, 1, 4, 4), dtype=torch.float64)
+    assert set(seen) == set(told) and len(seen) == plan.nfe
+    by_hand = sample(mapping, SCHED, make_plan(SCHED, name, timesteps=grid), shape=(5, 1, 4, 4), dtype=torch.float64)
+    torch.testing.assert_close(x, by_hand, rtol=0, atol=0)
+    same = sample(model, SCHED, make_plan(SCHED, name, timesteps=grid, input_timesteps=grid), shape=(5, 1, 4, 4))
+    torch.testing.assert_close(same, sample(model, SCHED, make_plan(SCHED, name, timesteps=grid), shape=(5, 1, 4, 4)),
+                               rtol=0, atol=0)
+    assert plan.key()["input_timesteps"] == told and "input_timesteps" not in make_plan(SCHED, name, timesteps=grid).key()
+    assert "(the network told 880, 615.5, 230, 47)" in plan.describe()
+
+
+def test_input_timesteps_come_with_a_tuned_grid_and_errors_name_the_bad_value():
+    entry = {"timesteps": [800.0, 300.0], "input_timesteps": [790.0, 320.0]}
+    plan = make_plan(SCHED, "ddim", steps=2, tuned={2: entry})
+    assert plan.spacing == "tuned" and plan.grid == (800.0, 300.0) and plan.input_timesteps == (790.0, 320.0)
+    assert make_plan(SCHED, "ddim", steps=2, spacing="trailing", tuned={2: entry}).input_timesteps is None
+    assert make_plan(SCHED, "ddim", steps=2, tuned={2: [800.0, 300.0]}).input_timesteps is None
+    for kw, message in [
+        ({"steps": 2, "input_timesteps": [900, 100]}, "input_timesteps go with explicit timesteps"),
+        ({"timesteps": [900, 100], "input_timesteps": [900]}, "got 1 input timesteps for a grid of 2"),
+        ({"timesteps": [900, 100], "input_timesteps": [1000, 100]}, r"input timesteps must lie in \[0, 999\]; got 1000, 100"),
+        ({"timesteps": [900, 100], "input_timesteps": [float("nan"), 100]}, r"must lie in \[0, 999\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make_plan(SCHED, "ddim", **kw)
+    with pytest.raises(ValueError, match="sampler 'restart' evaluates the network between its grid's timesteps"):
+        make_plan(SCHED, "restart", timesteps=[900, 500, 100], input_timesteps=[900, 500, 100])

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .plan import make_plan
@@ -42,6 +43,9 @@ TEACHER = "unipc"  # its defaults (order 2, bh2, with the corrector) on the cand
 # on the exact MNIST mixture it found grids as good as full sweeps of all candidates with a fraction of
 # the grids measured
 WINDOW, MAX_PASSES = 8, 20
+# the decoupled refinement fits on this share of the teacher's trajectories and checks on the rest;
+# grid points stay at least MIN_GAP timesteps apart
+FIT_SHARE, MIN_GAP = 0.75, 0.5
 
 
 def candidate_grid(schedule: NoiseSchedule, count: int = 100, spacing: str = "logsnr") -> list[float]:
@@ -131,7 +135,7 @@ class Teacher:
         self.candidates = sorted(set(base) | {float(t) for t in extra}, reverse=True)
         self.model, self.schedule, self.shape, self.num, self.seed = model, schedule, tuple(shape), num, seed
         self.prediction, self.batch_size, self.device, self.sample_kw = prediction, batch_size, device, sample_kw
-        self._states = None
+        self._states = self._end = None
 
     @property
     def seeds(self) -> range:
@@ -145,13 +149,27 @@ class Teacher:
                                           device=self.device, **self.sample_kw)
         return self._states
 
+    @property
+    def end(self) -> torch.Tensor:
+        """The teacher's clean end alone (N, ...), without keeping the states (a fraction of their
+        memory: ``decoupled`` needs no more)."""
+        if self._states is not None:
+            return self._states[2]
+        if self._end is None:
+            plan = make_plan(self.schedule, TEACHER, timesteps=self.candidates, prediction=self.prediction)
+            self._end = sample(self.model, self.schedule, plan, shape=(self.num, *self.shape), seeds=self.seeds,
+                               prediction=self.prediction, batch_size=self.batch_size, device=self.device,
+                               **self.sample_kw).to("cpu", torch.float64)
+        return self._end
+
     def describe(self) -> str:
         return f"{TEACHER} on {len(self.candidates)} candidate timesteps, {self.num} trajectories from seed {self.seed}"
 
-    def distance(self, plan) -> float:
-        """RMS distance of ``plan``'s samples of the teacher's seeds from the teacher's clean end."""
-        end = self.states[2]
-        x = sample(self.model, self.schedule, plan, shape=(self.num, *self.shape), seeds=self.seeds,
+    def distance(self, plan, part: slice = slice(None)) -> float:
+        """RMS distance of ``plan``'s samples of the teacher's seeds (those in ``part``) from the
+        teacher's clean end."""
+        end, seeds = self.end[part], self.seeds[part]
+        x = sample(self.model, self.schedule, plan, shape=(len(seeds), *self.shape), seeds=seeds,
                    prediction=self.prediction, batch_size=self.batch_size, device=self.device, **self.sample_kw)
         return float(((x.to("cpu", torch.float64) - end) ** 2).mean().sqrt())
 
@@ -190,13 +208,16 @@ def start_grids(schedule: NoiseSchedule, steps: int) -> dict[str, list[float]]:
 
 
 def teacher_search(teacher: Teacher, sampler: str, steps_list, *, options: dict | None = None,
-                   start: dict[int, list[float]] | None = None, log=lambda _: None) -> dict[int, dict]:
+                   start: dict[int, list[float]] | None = None, decouple: int = 0,
+                   log=lambda _: None) -> dict[int, dict]:
     """For each step count: the grid of candidates whose ``sampler`` run lands closest (RMS) to the
     teacher's clean end, by ``tune.search_grid``, the first timestep free too (the sampler may read
     x_T as the state of a later timestep, as diffusers' leading grids do), from ``start[steps]``
     (default: whichever of ``start_grids`` lands closest). {steps: {"timesteps", "distance", "start",
     "start_distance", "method": "teacher", "num", "seed", "teacher", "grids_measured"}}, what
-    ``ddpmkit tune --by teacher`` stores."""
+    ``ddpmkit tune --by teacher`` stores. With ``decouple`` > 0, ``decoupled`` then refines each grid
+    with up to that many runs of the sampler, and the entry holds its "input_timesteps" where it
+    kept them, and its account under "decoupled"."""
     from .tune import search_grid
 
     options, start, out = dict(options or {}), dict(start or {}), {}
@@ -224,8 +245,64 @@ def teacher_search(teacher: Teacher, sampler: str, steps_list, *, options: dict 
         out[k] = {"timesteps": grid, "distance": best, "start": name, "start_distance": priced[name],
                   "method": "teacher", "num": teacher.num, "seed": teacher.seed, "teacher": teacher.describe(),
                   "grids_measured": len(measured)}
+        if decouple:
+            found = decoupled(teacher, sampler, grid, options=options, max_runs=decouple, log=log)
+            if found["kept"]:
+                out[k].update(timesteps=found.pop("timesteps"), input_timesteps=found.pop("input_timesteps"),
+                              distance=found["distance"])
+            out[k]["decoupled"] = {key: v for key, v in found.items() if key not in ("timesteps", "input_timesteps")}
     return out
 
 
+def decoupled(teacher: Teacher, sampler: str, grid: list[float], *, options: dict | None = None,
+              max_runs: int = 500, log=lambda _: None) -> dict:
+    """LD3's decoupled timesteps (Tong et al. 2025, "Learning to Discretize Denoising Diffusion ODEs",
+    whose code gives the network timesteps of its own, apart from the solver's): ``grid`` and the
+    timesteps the network is told at each of its points (``Plan.input_timesteps``), moved together
+    to bring ``sampler``'s result closer to the teacher's clean end. LD3 descends the gradient
+    through the solver; here Nelder-Mead (no gradient, so any sampler and network) takes up to
+    ``max_runs`` runs of the sampler on the first ``FIT_SHARE`` of the teacher's trajectories,
+    from inputs = grid. The result is kept only where it also lands closer on the other
+    trajectories, which it never fitted. Returns {"timesteps", "input_timesteps", "kept", "distance"
+    (all trajectories, of what is kept), "fitted_before", "fitted_after", "held_out_before",
+    "held_out_after", "runs"}."""
+    from scipy.optimize import minimize
+
+    options, k, last = dict(options or {}), len(grid), teacher.schedule.T - 1
+    cut = max(1, min(teacher.num - 1, round(FIT_SHARE * teacher.num)))
+    fit, held_out = slice(0, cut), slice(cut, None)
+
+    def plan_of(v):  # None where the points have crossed: a grid descends
+        g = np.clip(v[:k], 0, last)
+        if np.any(np.diff(g) >= -MIN_GAP):
+            return None
+        return make_plan(teacher.schedule, sampler, timesteps=list(g), input_timesteps=list(np.clip(g + v[k:], 0, last)),
+                         prediction=teacher.prediction, **options)
+
+    def objective(v):
+        plan = plan_of(v)
+        return math.inf if plan is None else teacher.distance(plan, fit)
+
+    start = np.array([*grid, *[0.0] * k])
+    # the first simplex: each point moved by 5% of its timestep (at least one), each input by 1.5% of T
+    moves = [0.05 * t + 1 for t in grid] + [0.015 * teacher.schedule.T] * k
+    simplex = np.vstack([start] + [start + np.eye(2 * k)[i] * moves[i] for i in range(2 * k)])
+    found = minimize(objective, start, method="Nelder-Mead",
+                     options={"maxfev": max_runs, "initial_simplex": simplex, "xatol": 0.5, "fatol": 1e-6})
+    before, after = plan_of(start), plan_of(found.x)
+    report = {"fitted_before": objective(start), "fitted_after": float(found.fun),
+              "held_out_before": teacher.distance(before, held_out), "held_out_after": teacher.distance(after, held_out),
+              "runs": int(found.nfev), "fit_trajectories": cut}
+    report["kept"] = report["held_out_after"] < report["held_out_before"]
+    chosen = after if report["kept"] else before
+    report.update(timesteps=list(chosen.grid), input_timesteps=list(chosen.input_timesteps),
+                  distance=teacher.distance(chosen))
+    log(f"decoupled: timesteps {format_grid(after.grid)}, the network told {format_grid(after.input_timesteps)}: "
+        f"RMS distance {report['fitted_before']:.4f} -> {report['fitted_after']:.4f} on {cut} fitted trajectories, "
+        f"{report['held_out_before']:.4f} -> {report['held_out_after']:.4f} on {teacher.num - cut} held out "
+        f"({'kept' if report['kept'] else 'not kept'}; {report['runs']} runs)")
+    return report
+
+
 __all__ = ["Teacher", "candidate_grid", "teacher_states", "jump_costs", "best_paths", "gits_grids",
-           "start_grids", "start_timesteps", "teacher_search"]
+           "start_grids", "start_timesteps", "teacher_search", "decoupled"]

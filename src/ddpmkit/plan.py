@@ -8,7 +8,8 @@ options before it spends any sampling: building it is the up-front check (each s
 
   - ``steps`` and a ``spacing`` (``NoiseSchedule.grid``: leading, trailing, linspace, karras, logsnr),
   - ``nfe``, a budget of network evaluations: the most steps of the sampler that fit it,
-  - ``timesteps``, an explicit descending grid,
+  - ``timesteps``, an explicit descending grid (with, optionally, ``input_timesteps``: what the
+    network is told at each of them, LD3's decoupled timesteps),
   - a model's tuned grid (``ddpmkit tune``) for this sampler and step count: ``spacing="tuned"``
     insists on it, and no spacing takes it where the model has one (else ``trailing``).
 """
@@ -16,6 +17,7 @@ options before it spends any sampling: building it is the up-front check (each s
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from . import samplers
@@ -42,7 +44,10 @@ class Plan:
     (a model's tuned grid), or None (explicit timesteps). ``model_options`` are what the model
     supplies to the sampler (Analytic-DPM's ``eps_moment``), not the user. ``offset`` shifts a
     leading grid (diffusers' ``steps_offset``); ``classes``, for a class-conditional model, are the
-    labels to sample: the sample with seed s gets ``classes[s % len(classes)]``."""
+    labels to sample: the sample with seed s gets ``classes[s % len(classes)]``.
+    ``input_timesteps``, where set, are what the network is told at each grid timestep (its output
+    is read as the prediction at the grid timestep): LD3's decoupled timesteps (Tong et al. 2025),
+    found by ``ddpmkit tune --by teacher --decouple``."""
 
     sampler: str
     grid: tuple[float, ...]
@@ -53,6 +58,7 @@ class Plan:
     model_options: Mapping[str, object] = dataclasses.field(default_factory=dict)
     offset: int = 0
     classes: tuple[int, ...] | None = None
+    input_timesteps: tuple[float, ...] | None = None
 
     @property
     def steps(self) -> int:
@@ -63,6 +69,12 @@ class Plan:
         """The grid where no spacing placed it (explicit timesteps or a tuned grid), else None: what
         a record of the plan must spell out, since steps and spacing do not make it again."""
         return None if self.spacing in ALL_SPACINGS else list(self.grid)
+
+    def placed(self) -> dict:
+        """The grid as a record spells it out: {"timesteps": ``timesteps``}, and the input
+        timesteps where there are any."""
+        inputs = {} if self.input_timesteps is None else {"input_timesteps": list(self.input_timesteps)}
+        return {"timesteps": self.timesteps, **inputs}
 
     def given_options(self) -> dict:
         """Sampler and denoiser options that differ from their defaults: what changes the samples."""
@@ -81,6 +93,8 @@ class Plan:
                 what["offset"] = self.offset
         else:
             what["timesteps"] = self.timesteps
+        if self.input_timesteps is not None:
+            what["input_timesteps"] = list(self.input_timesteps)
         if self.classes is not None:
             what["classes"] = list(self.classes)
         return what
@@ -93,6 +107,8 @@ class Plan:
         """For people: "unipc, 10 steps (logsnr), 10 NFE per sample"."""
         shift = f" + {self.offset}" if self.offset else ""
         where = f"({self.spacing}{shift})" if self.timesteps is None else f"at timesteps {format_grid(self.grid)}"
+        if self.input_timesteps is not None:
+            where += f" (the network told {format_grid(self.input_timesteps)})"
         opts = "".join(f", {k}={v}" for k, v in self.given_options().items())
         cls = "" if self.classes is None else (f", class {self.classes[0]}" if len(self.classes) == 1 else
                                                f", classes {format_grid(self.classes)} by seed")
@@ -103,13 +119,16 @@ def make_plan(schedule: NoiseSchedule, sampler: str = "ddim", *, steps: int | No
               timesteps: Iterable[float] | None = None, spacing: str | None = None, prediction: str = "eps",
               tuned: Mapping[int, Sequence[float]] | None = None, model_options: Mapping[str, object] | None = None,
               model_name: str = "the model", default_spacing: str = "trailing", offset: int = 0,
-              classes: Sequence[int] | None = None, **options) -> Plan:
+              classes: Sequence[int] | None = None, input_timesteps: Iterable[float] | None = None,
+              **options) -> Plan:
     """Build and check a plan for ``sampler`` on ``schedule``.
 
     ``options`` are the sampler's options and the Denoiser's (``clip``, ``threshold``,
     ``threshold_max``); options the model supplies (``eps_moment``) may be given here too, or in
-    ``model_options``. ``tuned`` maps step counts to a model's tuned grids for this sampler
-    (``model_name`` names the model in errors); ``default_spacing`` places the grid where no
+    ``model_options``. ``tuned`` maps step counts to a model's tuned grids for this sampler: the
+    timesteps, or ``ddpmkit tune``'s entry {"timesteps", "input_timesteps" (where it found them)}
+    (``model_name`` names the model in errors); ``input_timesteps`` go with explicit ``timesteps``
+    (``Plan.input_timesteps``); ``default_spacing`` places the grid where no
     spacing is given and no tuned grid fits; ``offset`` shifts a leading grid (diffusers'
     ``steps_offset``); ``classes`` are a conditional model's labels (``Plan.labels``).
     ``prediction`` is checked against the grid (eps cannot start at zero terminal SNR).
@@ -126,8 +145,15 @@ def make_plan(schedule: NoiseSchedule, sampler: str = "ddim", *, steps: int | No
     supplied = {**(model_options or {}), **{k: v for k, v in options.items() if k in from_model}}
     supplied = {k: v for k, v in supplied.items() if k in from_model and v is not None}
 
-    grid, spacing = _place_grid(schedule, sampler, sampler_opts, steps, nfe, timesteps, spacing, tuned or {},
-                                 model_name, default_spacing, offset)
+    tuned = {k: v if isinstance(v, Mapping) else {"timesteps": v} for k, v in (tuned or {}).items()}
+    grid, spacing = _place_grid(schedule, sampler, sampler_opts, steps, nfe, timesteps, spacing,
+                                {k: v["timesteps"] for k, v in tuned.items()}, model_name, default_spacing, offset)
+    if input_timesteps is not None and timesteps is None:
+        raise ValueError("input_timesteps go with explicit timesteps, one for each of them")
+    if spacing == TUNED:
+        input_timesteps = tuned[len(grid)].get("input_timesteps")
+    if input_timesteps is not None:
+        input_timesteps = _check_inputs(sampler, input_timesteps, grid, schedule.T)
     if spacing != "leading":
         offset = 0  # a model's steps_offset applies to leading grids only, as in diffusers
     if classes is not None:
@@ -142,7 +168,22 @@ def make_plan(schedule: NoiseSchedule, sampler: str = "ddim", *, steps: int | No
     if denoiser.prediction == "eps" and schedule.abar_at(grid[0]) == 0.0:
         raise ValueError("prediction 'eps' cannot start at abar = 0 (zero terminal SNR); use 'v' or 'x0'")
     cost = samplers.nfe_for(sampler, len(grid), **sampler_opts)
-    return Plan(sampler, tuple(grid), sampler_opts, denoising, cost, spacing, supplied, int(offset), classes)
+    return Plan(sampler, tuple(grid), sampler_opts, denoising, cost, spacing, supplied, int(offset), classes,
+                input_timesteps)
+
+
+def _check_inputs(sampler, inputs, grid, T) -> tuple[float, ...]:
+    """Input timesteps, checked: one per grid timestep, each in [0, T - 1], for a sampler that
+    evaluates the network at its grid's timesteps only."""
+    if sampler in samplers.OFF_GRID:
+        raise ValueError(f"sampler {sampler!r} evaluates the network between its grid's timesteps, so it cannot "
+                         "take input timesteps (one per grid timestep)")
+    values = tuple(float(t) for t in inputs)
+    if len(values) != len(grid):
+        raise ValueError(f"got {len(values)} input timesteps for a grid of {len(grid)}; give one for each")
+    if any(not math.isfinite(t) or not 0 <= t <= T - 1 for t in values):
+        raise ValueError(f"input timesteps must lie in [0, {T - 1}]; got {format_grid(values)}")
+    return values
 
 
 def _place_grid(schedule, sampler, options, steps, nfe, timesteps, spacing, tuned, model_name,

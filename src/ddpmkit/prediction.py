@@ -11,6 +11,7 @@ here for the modules that import them from this one).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -62,6 +63,10 @@ class Denoiser:
     ``null_label`` for the unconditional half, and are combined before clipping; only inside
     ``guidance_interval`` (sigma) where one is given; ``guidance_rescale`` is Lin et al.'s phi.
     ``evaluations`` counts network evaluations per sample: two for a guided call.
+    ``inputs`` ({grid timestep: input timestep}, set by ``sample`` from a plan's
+    ``input_timesteps``) decouples the timestep the network is told from the one the solver steps
+    at (LD3's decoupled timesteps, Tong et al. 2025): at grid timestep t the network gets
+    ``inputs[t]`` and its output is read as the prediction at t.
     """
 
     def __init__(
@@ -100,7 +105,18 @@ class Denoiser:
         self.guidance, self.guidance_interval, self.guidance_rescale = check_guidance(
             guidance, guidance_interval, guidance_rescale)
         self.labels: torch.Tensor | None = None
+        self.inputs: dict[float, float] | None = None
         self.nfe = self.evaluations = 0
+
+    def told(self, t: float) -> float:
+        """The timestep the network is told at timestep t: t itself, or its input timestep."""
+        if self.inputs is None:
+            return t
+        for grid_t, input_t in self.inputs.items():
+            if math.isclose(float(t), grid_t, rel_tol=1e-9, abs_tol=1e-9):
+                return input_t
+        raise ValueError(f"the network was asked for t = {float(t):g}, which is not a grid timestep; input "
+                         "timesteps need a sampler that evaluates the network at its grid's timesteps only")
 
     def timestep_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
         if float(t).is_integer():
@@ -117,7 +133,7 @@ class Denoiser:
     def network(self, x_t: torch.Tensor, t: float, abar: float) -> torch.Tensor:
         """The model's output at (x_t, t): conditional on the labels where there are any, guided where
         guidance applies (W != 1, inside the interval), the unconditional model's alone for W = 0."""
-        tt = self.timestep_tensor(t, x_t)
+        tt = self.timestep_tensor(self.told(t), x_t)
         if self.labels is None:
             self.evaluations += 1
             return self.model(x_t, tt)

@@ -133,6 +133,8 @@ def sample(
 
     fn = get_sampler(plan.sampler)
     denoiser = Denoiser(net, schedule, prediction, data_range=data_range, **plan.denoising)
+    if plan.input_timesteps is not None:
+        denoiser.inputs = dict(zip(plan.grid, plan.input_timesteps))
     out, calls, evaluations = [], [], []
     chunk = n if batch_size is None else int(batch_size)
     with torch.no_grad():

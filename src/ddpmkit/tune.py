@@ -133,4 +133,5 @@ def found_line(sampler: str, steps: int, entry: dict) -> str:
                "measured")
     else:
         how = f"FID {entry['fid']:.2f} on {entry['num']} samples; {entry['grids_measured']} grids measured"
-    return f"{sampler}, {steps} steps: timesteps {format_grid(entry['timesteps'])} ({how})"
+    told = f", the network told {format_grid(entry['input_timesteps'])}" if "input_timesteps" in entry else ""
+    return f"{sampler}, {steps} steps: timesteps {format_grid(entry['timesteps'])}{told} ({how})"

@@ -245,6 +245,10 @@ def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
                    "1 for cm, 50 for the others)")
     p.add_argument("--timesteps", type=timestep_list, default=None,
                    help="an explicit descending grid instead of --steps, e.g. 999,500 (fractional allowed)")
+    p.add_argument("--input-timesteps", type=timestep_list, default=None,
+                   help="with --timesteps: the timestep the network is told at each of them, its output read as the "
+                   "prediction there (LD3's decoupled timesteps; `ddpmkit tune --by teacher --decouple` finds them "
+                   "and stores them with the grid); default: the grid's own")
     p.add_argument("--nfe", type=positive_int, default=None,
                    help="a budget of network evaluations instead of --steps: the most steps that fit it")
     p.add_argument("--spacing", default=None, help=SPACING_HELP)
@@ -300,7 +304,10 @@ def plan_from_args(args, model):
         raise ValueError("give only one of --steps, --nfe and --timesteps")
     if args.timesteps is not None and args.spacing is not None:
         raise ValueError(f"--spacing {args.spacing} and --timesteps both place the steps; give one of them")
+    if args.input_timesteps is not None and args.timesteps is None:
+        raise ValueError("--input-timesteps go with --timesteps, one for each of them")
     return model.plan(sampler=sampler, steps=steps, nfe=args.nfe, timesteps=args.timesteps, spacing=spacing,
+                      input_timesteps=args.input_timesteps,
                       clip=args.clip, threshold=args.threshold, classes=args.classes, guidance=args.guidance,
                       guidance_interval=args.guidance_interval, guidance_rescale=args.guidance_rescale, **options)
 

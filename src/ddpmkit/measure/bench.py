@@ -138,7 +138,7 @@ def run(model, ref: Reference, rows: list[Row], *, num: int, seed: int, cache_di
         else:
             peak = peak_rss_mb()
         feats, probs, stats = features_of(levels, ref, statistics=True)
-        row = {"sampler": r.label, "spacing": plan.spacing, "timesteps": plan.timesteps, "nfe_budget": r.budget,
+        row = {"sampler": r.label, "spacing": plan.spacing, **plan.placed(), "nfe_budget": r.budget,
                "steps": plan.steps, "nfe": info["nfe"], "num": num, "seconds_per_image": info["seconds"] / num,
                "images_per_s": num / info["seconds"] if info["seconds"] > 0 else None,
                "peak_memory_mb": peak,

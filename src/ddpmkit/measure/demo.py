@@ -67,7 +67,7 @@ def run_demo(out_png: str, num: int = 200, show: int = 12, quiet: bool = False, 
             bar.close()
         seconds = time.perf_counter() - start
         s = score(to_levels(x, ref.levels, m.data_range), ref, precision_recall=False)
-        results.append({"sampler": label, "model": name, "timesteps": plan.timesteps, "nfe": info["nfe"],
+        results.append({"sampler": label, "model": name, **plan.placed(), "nfe": info["nfe"],
                         "seconds": seconds, "num": num, "fid": s["fid"], "fid_se": s["fid_se"], "is": s["is"],
                         "classes": s["class_frequencies"], "shipped": shipped.get(label)})
         rows.append(x[:show])

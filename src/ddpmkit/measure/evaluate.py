@@ -40,7 +40,7 @@ def evaluate(model, plan, *, num: int, seed: int, ref: Reference | None, cache_d
                             batch_size=batch_size, micro_batch=micro_batch, device=device, progress=progress)
     result = {"model": str(model.path), "step": model.config.get("step"), "sampler": plan.sampler,
               "steps": plan.steps, "spacing": plan.spacing or "explicit",
-              "timesteps": plan.timesteps, "options": report_options(plan), "nfe": info["nfe"],
+              **plan.placed(), "options": report_options(plan), "nfe": info["nfe"],
               "num": num, "seed": seed, "seconds_per_image": info["seconds"] / num}
     if ref is not None:
         result.update(**score(levels, ref, labels=asked_classes(model, plan, seed, num)), floor=floor_for(ref, num),

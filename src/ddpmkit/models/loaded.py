@@ -54,8 +54,14 @@ class LoadedModel:
 
     def tuned_grids(self, sampler: str) -> dict[int, list[float]]:
         """The step grids ``ddpmkit tune`` found for ``sampler``, by step count."""
+        return {k: entry["timesteps"] for k, entry in self.tuned_entries(sampler).items()}
+
+    def tuned_entries(self, sampler: str) -> dict[int, dict]:
+        """What ``ddpmkit tune`` found for ``sampler``, by step count: {"timesteps", and
+        "input_timesteps" where it decoupled them}."""
         found = self.config.get(TUNED_KEY, {}).get(sampler, {})
-        return {int(k): [float(t) for t in v["timesteps"]] for k, v in found.items()}
+        return {int(k): {key: [float(t) for t in v[key]] for key in ("timesteps", "input_timesteps") if key in v}
+                for k, v in found.items()}
 
     def plan(self, plan: Plan | None = None, **options) -> Plan:
         """A checked ``Plan`` for this model (``ddpmkit.make_plan``'s options: sampler, steps / nfe /
@@ -70,7 +76,7 @@ class LoadedModel:
         supplied = {k: self.extras[k] for k in samplers.model_options(sampler) if k in self.extras}
         options = self._with_defaults(sampler, {k: v for k, v in options.items() if v is not None})
         options["classes"] = self._classes(options.get("classes"))
-        plan = make_plan(self.schedule, sampler, prediction=self.prediction, tuned=self.tuned_grids(sampler),
+        plan = make_plan(self.schedule, sampler, prediction=self.prediction, tuned=self.tuned_entries(sampler),
                          model_options=supplied, model_name=self.path.name, **options)
         if plan.denoising.get("guidance", 1.0) != 1.0 and getattr(self.net, "null_label", None) is None:
             raise ValueError(f"{self.path.name} has no null label (one trained with label dropout), so it cannot "

@@ -67,6 +67,9 @@ CHECKS: dict[str, Callable[..., None]] = {
 
 # options a sampler takes from the model rather than from the user (no command-line flag)
 MODEL_OPTIONS = ("eps_moment", "ems")
+# samplers that evaluate the network between their grid's timesteps (restart's re-noised intervals), so
+# cannot take a plan's input timesteps, one per grid timestep; every other one evaluates only at them
+OFF_GRID = ("restart",)
 
 # network evaluations for a grid of n steps, where it is not n
 _NFE: dict[str, Callable[..., int]] = {
@@ -148,5 +151,5 @@ def describe(name: str) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
-__all__ = ["SAMPLERS", "CHECKS", "MODEL_OPTIONS", "MIN_STEPS", "get_sampler", "sampler_options", "model_options",
+__all__ = ["SAMPLERS", "CHECKS", "MODEL_OPTIONS", "OFF_GRID", "MIN_STEPS", "get_sampler", "sampler_options", "model_options",
            "check", "nfe_for", "check_steps", "min_steps", "steps_for_nfe", "describe"]
