@@ -37,8 +37,7 @@ def add_parser(sub) -> None:
                    help="--by teacher: then refine each grid together with the timesteps the network is told at "
                    "its points (LD3's decoupled timesteps, Tong et al. 2025) by Nelder-Mead, with up to RUNS runs of "
                    "the sampler on 3/4 of the trajectories, kept only where it lands closer on the other 1/4 "
-                   "(0: no refinement; on the exact-denoiser benchmark 1000 runs took 5-NFE UniPC from 0.129 to "
-                   "0.106 RMS)")
+                   "(0, the default: no refinement)")
     p.add_argument("--num", type=positive_int, default=500,
                    help="samples per grid tried (--by fid), or teacher trajectories (--by teacher or gits)")
     add_seed(p, 1_000_000)
