@@ -32,13 +32,15 @@ def test_tiny_run_has_every_row():
     digits = torch.randn(50, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     gm = image_mixture(digits, 8, 0.2)
     result = run(gm, NoiseSchedule("linear", 1000), nfes=(5, 10), num=8, reference_steps=100, log=lambda *a: None,
-                 searched_nfes=(5,), search={"num": 8, "candidates": 12}, ems_num=8)
+                 searched_nfes=(5,), search={"num": 8, "candidates": 12, "decouple_num": 8, "decouple_runs": 6},
+                 ems_num=8)
     labels = {r["sampler"] for r in result["rows"]}
     assert {"ddim", "heun", "dpmpp-3m", "unipc-3 bh1", "ipndm", "deis-3", "dpm-solver-v3", "diffusers DDIM",
             "diffusers UniPC", "diffusers DEIS"} <= labels
     grids = {(r["sampler"], r["spacing"], r["nfe"]) for r in result["rows"]}
     # at 5 NFE: our samplers on their searched grids and GITS's, diffusers' on its other grids
     assert {("unipc-3 bh1", "teacher", 5), ("ipndm", "gits", 5), ("dpm-solver-v3", "teacher", 5),
+            ("unipc-2 bh2", "decoupled", 5), ("dpmpp-2m", "decoupled", 5),
             ("diffusers DPM++ 3M", "karras", 5),
             ("diffusers DPM++ 2M", "lu", 5), ("diffusers DDIM", "leading", 5)} <= grids
     assert not any(n == 10 and (spacing == "teacher" or label.startswith("diffusers") and spacing == "karras")
@@ -57,3 +59,4 @@ def test_tiny_run_has_every_row():
     report = markdown({**result, "seconds": 1.0, "machine": "this machine", "data": "noise", "reference_steps": 100},
                       "python benchmarks/exact.py")
     assert "8 trajectories from seed 1000000" in report and "dpm-solver-v3's statistics: 8 trajectories" in report
+    assert "(`--decouple 6`, LD3's decoupled timesteps) on 6 of 8 teacher trajectories" in report

@@ -71,6 +71,10 @@ OURS = [
 SEARCHED = [(label, name, opts) for label, name, opts, spacing, det in OURS
             if det and spacing == "trailing" and name not in ("heun",)]
 SEARCHED_NFES = (5, 10)
+# those whose searched grid is then refined with decoupled input timesteps (``gits.decoupled``), on
+# DECOUPLE_NUM teacher trajectories with up to DECOUPLE_RUNS runs each
+DECOUPLED = ("unipc-2 bh2", "dpmpp-2m")
+DECOUPLE_NUM, DECOUPLE_RUNS = 4096, 600
 # diffusers' schedulers, trailing spacing, with the keyword arguments that select the algorithm
 DIFFUSERS = [
     ("diffusers DDIM", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}, True),
@@ -170,13 +174,16 @@ def fit_order(nfes, errors) -> float | None:
 
 
 def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 512, seed: int = 10**6,
-                    candidates: int = 40, supplied=lambda name, opts: {}, log=print) -> tuple[dict, str]:
+                    candidates: int = 40, supplied=lambda name, opts: {}, decouple_num: int = DECOUPLE_NUM,
+                    decouple_runs: int = DECOUPLE_RUNS, log=print) -> tuple[dict, str]:
     """({(label, nfe, how): grid}, what the teacher was) for each sampler of ``SEARCHED`` at each NFE
     of ``nfes``: its teacher-searched grid (``gits.teacher_search``, how = "teacher"), and the GITS
     grid shared by all (how = "gits"), from ``num`` teacher trajectories of seeds disjoint from the
-    measured ones. ``supplied(name, opts)``: what the model supplies to that sampler (DPM-Solver-v3's
-    statistics)."""
-    from ..gits import Teacher, gits_grids, start_timesteps, teacher_search
+    measured ones; for those of ``DECOUPLED`` (how = "decoupled") the teacher-searched grid refined
+    with input timesteps by ``gits.decoupled`` on ``decouple_num`` trajectories (what it returns:
+    timesteps, input_timesteps, whether it kept them). ``supplied(name, opts)``: what the model
+    supplies to that sampler (DPM-Solver-v3's statistics)."""
+    from ..gits import Teacher, decoupled, gits_grids, start_timesteps, teacher_search
 
     start = time.perf_counter()
     teacher = Teacher(model, schedule, shape=shape, num=num, seed=seed, candidates=candidates,
@@ -189,6 +196,16 @@ def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 51
         for n, entry in teacher_search(teacher, name, nfes, options={**opts, **supplied(name, opts)}).items():
             out[label, n, "teacher"] = entry["timesteps"]
     log(f"searched grids: {teacher.describe()}, {time.perf_counter() - start:.0f} s")
+    if decouple_runs and any(label in DECOUPLED for label, _, _ in SEARCHED):
+        start = time.perf_counter()
+        # the clean ends alone of more trajectories (the same seeds and more): the refinement fits 2k+ numbers
+        wide = Teacher(model, schedule, shape=shape, num=decouple_num, seed=seed, candidates=teacher.candidates)
+        for label, name, opts in SEARCHED:
+            for n in nfes if label in DECOUPLED else ():
+                found = decoupled(wide, name, out[label, n, "teacher"], options={**opts, **supplied(name, opts)},
+                                  max_runs=decouple_runs, log=log)
+                out[label, n, "decoupled"] = {**found, "runs_allowed": decouple_runs, "trajectories": decouple_num}
+        log(f"decoupled grids: {wide.describe()}, {time.perf_counter() - start:.0f} s")
     return out, teacher.describe()
 
 
@@ -254,11 +271,15 @@ def run(gm: GaussianMixture, schedule: NoiseSchedule, *, nfes=(5, 10, 20, 50, 10
                              return_info=True)
             record(label, "ddpmkit", spacing, deterministic, budget, x, steps, info["nfe"], time.perf_counter() - t0)
             assert info["nfe"] == plan.nfe
-        for how in ("teacher", "gits"):
+        for how in ("teacher", "gits", "decoupled"):
             for label, name, opts in SEARCHED if budget in searched_nfes else ():
+                if (label, budget, how) not in grids:
+                    continue
                 t0 = time.perf_counter()
-                plan = make_plan(schedule, name, timesteps=grids[label, budget, how], model_options=supplied(name, opts),
-                                 **opts)
+                grid = grids[label, budget, how]
+                placed = ({"timesteps": grid["timesteps"], "input_timesteps": grid["input_timesteps"]}
+                          if how == "decoupled" else {"timesteps": grid})
+                plan = make_plan(schedule, name, **placed, model_options=supplied(name, opts), **opts)
                 x, info = sample(model, schedule, plan, init_noise=x_T, seeds=range(num), return_info=True)
                 record(label, "ddpmkit", how, True, budget, x, plan.steps, info["nfe"], time.perf_counter() - t0)
         if include_diffusers:
@@ -308,6 +329,15 @@ def searched_note(result: dict) -> str:
                  "from other x_T (`ddpmkit tune --by teacher`, from the best of diffusers' trailing, leading and "
                  f"linspace grids; {result['teacher']}); `gits`: GITS's grid from the same trajectories (`--by "
                  "gits`), one for every sampler.")
+    refined = {k: v for k, v in result.get("searched_grids", {}).items() if k.endswith("/ decoupled")}
+    if refined:
+        first = next(iter(refined.values()))
+        note += (" Grid `decoupled`: the teacher-searched grid and the timesteps the network is told at its points, "
+                 f"refined together (`--decouple {first['runs_allowed']}`, LD3's decoupled timesteps) on "
+                 f"{first['fit_trajectories']} of {first['trajectories']} teacher trajectories, kept only where "
+                 "they land closer on the rest: " + "; ".join(
+                     f"{k.rsplit(' / ', 1)[0]} NFE: {v['held_out_before']:.3f} -> {v['held_out_after']:.3f} held out, "
+                     f"{'kept' if v['kept'] else 'not kept'}" for k, v in refined.items()) + ".")
     if result.get("ems"):
         ems = result["ems"]
         note += (f" dpm-solver-v3's statistics: {ems['num']} trajectories from seed {ems['seed']}, {ems['points']} "
