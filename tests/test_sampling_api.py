@@ -166,3 +166,33 @@ def test_the_recommended_plan_is_fast_and_good():
 
     assert load_model("mnist").recommended() == {"sampler": "dpmpp-2m-sde", "steps": 20, "spacing": "logsnr"}
     assert load_model("mnist-cm").recommended() == {"sampler": "cm"}
+
+
+def test_bf16_and_fp16_run_the_network_alone_under_autocast():
+    """precision: the network runs under autocast to that type, its output comes back in the solver's
+    type, and the samples stay close to fp32's (the shipped MNIST U-Net, DDIM, 10 steps, 8 seeds:
+    RMS 0.022 for bf16, whose mantissa has 8 bits, and 0.0017 for fp16, measured); fp32 is the
+    default run, bit for bit."""
+    mnist = ddpmkit.load_model("mnist")
+    seen = []
+
+    class Spy(torch.nn.Module):  # what the network saw: autocast's type, or None
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return self.net(x, t)
+
+    plain = mnist.sample(mnist.plan(sampler="ddim", steps=10), seeds=range(8))
+    for precision, dtype, tol in (("fp32", None, 0.0), ("bf16", torch.bfloat16, 0.05), ("fp16", torch.float16, 5e-3)):
+        seen.clear()
+        plan = mnist.plan(sampler="ddim", steps=10, precision=precision)
+        x = sample(Spy(mnist.net), mnist.schedule, plan, shape=(8, *mnist.shape), seeds=range(8))
+        assert x.dtype == torch.float32 and set(seen) == {dtype} and len(seen) == 10
+        rms = ((x - plain) ** 2).mean().sqrt().item()
+        assert rms <= tol and (precision == "fp32" or rms > 0), (precision, rms)
+    assert "precision" in mnist.plan(sampler="ddim", steps=10, precision="bf16").key()["options"]
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: fp32, bf16, fp16"):
+        mnist.plan(sampler="ddim", precision="fp8")

@@ -26,7 +26,8 @@ from .prediction import Denoiser
 from .schedule import ALL_SPACINGS, NoiseSchedule, check_grid, format_grid
 
 # the Denoiser's options (they change the samples, so they are part of a plan) and their defaults
-DENOISER_OPTIONS = {"clip": False, "clip_range": None, "threshold": None, "threshold_max": None, **GUIDANCE_OPTIONS}
+DENOISER_OPTIONS = {"clip": False, "clip_range": None, "threshold": None, "threshold_max": None, **GUIDANCE_OPTIONS,
+                    "precision": "fp32"}
 TUNED = "tuned"
 
 

@@ -22,6 +22,8 @@ from .vp import PREDICTIONS, eps_from_x0, sigma_from_abar, to_eps_x0, training_t
 
 __all__ = ["PREDICTIONS", "Denoiser", "check_prediction", "dynamic_threshold", "to_eps_x0", "training_target"]
 
+# the network's precision while sampling: autocast to these types, or none (fp32)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # diffusers' names, accepted so a diffusers config can be read as it is
 _ALIASES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
@@ -63,6 +65,9 @@ class Denoiser:
     ``null_label`` for the unconditional half, and are combined before clipping; only inside
     ``guidance_interval`` (sigma) where one is given; ``guidance_rescale`` is Lin et al.'s phi.
     ``evaluations`` counts network evaluations per sample: two for a guided call.
+    ``precision="bf16"`` or ``"fp16"`` runs the network under autocast to that type (its matrix work;
+    norms and softmax stay float32); its output is cast back to x_t's type, and everything else (the
+    conversion to eps_hat and x0_hat, guidance, clipping, the solver) keeps x_t's precision.
     ``inputs`` ({grid timestep: input timestep}, set by ``sample`` from a plan's
     ``input_timesteps``) decouples the timestep the network is told from the one the solver steps
     at (LD3's decoupled timesteps, Tong et al. 2025): at grid timestep t the network gets
@@ -83,8 +88,12 @@ class Denoiser:
         guidance: float = 1.0,
         guidance_interval: tuple[float, float] | None = None,
         guidance_rescale: float = 0.0,
+        precision: str = "fp32",
     ):
         self.model, self.schedule = model, schedule
+        if precision not in PRECISIONS:
+            raise _choice_error("precision", precision, tuple(PRECISIONS))
+        self.precision = precision
         self.prediction = check_prediction(prediction)
         if clip and threshold is not None:
             raise ValueError("give clip or threshold, not both (thresholding already clips)")
@@ -130,21 +139,30 @@ class Denoiser:
                              "--conditional); this one has none, so only guidance=1 can run")
         return torch.full((x_t.shape[0],), int(null), dtype=torch.int64, device=x_t.device)
 
+    def run(self, x_t: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        """The model itself on (x_t, *args), under autocast where ``precision`` asks for it; the output
+        in x_t's type."""
+        if self.precision == "fp32":
+            return self.model(x_t, *args)
+        with torch.autocast(x_t.device.type, dtype=PRECISIONS[self.precision]):
+            out = self.model(x_t, *args)
+        return out.to(x_t.dtype)
+
     def network(self, x_t: torch.Tensor, t: float, abar: float) -> torch.Tensor:
         """The model's output at (x_t, t): conditional on the labels where there are any, guided where
         guidance applies (W != 1, inside the interval), the unconditional model's alone for W = 0."""
         tt = self.timestep_tensor(self.told(t), x_t)
         if self.labels is None:
             self.evaluations += 1
-            return self.model(x_t, tt)
+            return self.run(x_t, tt)
         w = self.guidance
         if w == 1.0 or not in_interval(sigma_from_abar(abar), self.guidance_interval):
             self.evaluations += 1
-            return self.model(x_t, tt, self.labels)
+            return self.run(x_t, tt, self.labels)
         if w == 0.0:
             self.evaluations += 1
-            return self.model(x_t, tt, self.null_labels(x_t))
-        both = self.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, self.null_labels(x_t)]))
+            return self.run(x_t, tt, self.null_labels(x_t))
+        both = self.run(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, self.null_labels(x_t)]))
         self.evaluations += 2
         cond, uncond = both.chunk(2)
         return combine(cond, uncond, w, self.guidance_rescale)

@@ -92,7 +92,8 @@ def sample(
     plan: a ``Plan`` (``ddpmkit.make_plan``); or, instead, its options as keywords: ``sampler``
         (a name of ``ddpmkit.samplers.SAMPLERS``, default ddim), ``steps`` / ``nfe`` / ``timesteps``,
         ``spacing``, the sampler's options (``eta``, ``variance``, ...) and the denoiser's (``clip``,
-        ``threshold``, ``threshold_max``, ``guidance``, ``guidance_interval``, ``guidance_rescale``).
+        ``threshold``, ``threshold_max``, ``guidance``, ``guidance_interval``, ``guidance_rescale``,
+        ``precision``: fp32, or bf16 / fp16 autocast of the network alone).
         Without steps: ``plan.default_steps``.
     shape: (N, C, H, W) or any (N, ...); seeds: one integer per sample (default 0..N-1). Sample i
         depends only on seeds[i] — not on batch size, position or N.

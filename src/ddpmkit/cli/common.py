@@ -263,6 +263,9 @@ def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
                    help="clamp x0_hat to the data range at every step (default: as the model's scheduler config "
                    "says, else off)")
     p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="the network's precision: bf16 or fp16 run it under autocast (for GPUs; the solver stays "
+                   "in float32); default fp32")
     p.add_argument("--class", dest="classes", type=class_list, default=None, metavar="LABELS",
                    help="a class-conditional model's class label, or labels taken in turn by seed (seed s gets "
                    "LABELS[s %% len]); default (or 'all'): every class in turn")
@@ -308,7 +311,8 @@ def plan_from_args(args, model):
         raise ValueError("--input-timesteps go with --timesteps, one for each of them")
     return model.plan(sampler=sampler, steps=steps, nfe=args.nfe, timesteps=args.timesteps, spacing=spacing,
                       input_timesteps=args.input_timesteps,
-                      clip=args.clip, threshold=args.threshold, classes=args.classes, guidance=args.guidance,
+                      clip=args.clip, threshold=args.threshold, precision=args.precision, classes=args.classes,
+                      guidance=args.guidance,
                       guidance_interval=args.guidance_interval, guidance_rescale=args.guidance_rescale, **options)
 
 
