@@ -196,3 +196,35 @@ def test_bf16_and_fp16_run_the_network_alone_under_autocast():
     assert "precision" in mnist.plan(sampler="ddim", steps=10, precision="bf16").key()["options"]
     with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: fp32, bf16, fp16"):
         mnist.plan(sampler="ddim", precision="fp8")
+
+
+def test_compile_puts_the_network_under_torch_compile(monkeypatch, tmp_path):
+    """--compile MODE hands the loaded network to torch.compile with that mode (here a stand-in that
+    records the call; the real compile runs in the slow test below)."""
+    from ddpmkit.cli import main
+
+    calls = []
+
+    def fake_compile(net, mode=None):
+        calls.append((type(net).__name__, mode))
+        return net
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    args = ["sample", "--model", "mnist", "--sampler", "ddim", "--steps", "2", "--num", "2", "--quiet"]
+    assert main([*args, "--compile", "--out", str(tmp_path / "a.npz")]) == 0
+    assert main([*args, "--compile", "reduce-overhead", "--out", str(tmp_path / "b.npz")]) == 0
+    assert main([*args, "--out", str(tmp_path / "c.npz")]) == 0
+    assert calls == [("UNet", "default"), ("UNet", "reduce-overhead")]
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'; valid: default, reduce-overhead, max-autotune"):
+        ddpmkit.load_model("mnist").compiled("fast")
+
+
+@pytest.mark.slow
+def test_a_compiled_network_samples_what_the_plain_one_does():
+    """torch.compile (inductor, on the CPU) of the shipped MNIST U-Net: the same samples up to float
+    rounding (compiling takes minutes on two cores)."""
+    mnist = ddpmkit.load_model("mnist")
+    plan = mnist.plan(sampler="dpmpp-2m", steps=4)
+    plain = mnist.sample(plan, seeds=range(4))
+    compiled = mnist.compiled().sample(plan, seeds=range(4))
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-4)

@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from ..models.loaded import COMPILE_MODES
 from ..sampling import MICRO_BATCH
 from ..samplers import SAMPLERS, parse_bool as parse_bool_text, sampler_options
 
@@ -180,7 +181,8 @@ def load_model_from_args(args):
     """The model --model names, on --device, with --scheduler-config where given."""
     from ..models import load_model
 
-    return load_model(args.model, device=args.device, scheduler_config=args.scheduler_config)
+    model = load_model(args.model, device=args.device, scheduler_config=args.scheduler_config)
+    return model.compiled(args.compile) if getattr(args, "compile", None) else model
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -263,6 +265,9 @@ def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
                    help="clamp x0_hat to the data range at every step (default: as the model's scheduler config "
                    "says, else off)")
     p.add_argument("--threshold", type=float, default=None, help="dynamic thresholding quantile (Imagen), e.g. 0.995")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                   help="run the network under torch.compile (MODE: default, reduce-overhead, which on a GPU also "
+                   "captures it in CUDA graphs, or max-autotune); the first calls compile, minutes on a CPU")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="the network's precision: bf16 or fp16 run it under autocast (for GPUs; the solver stays "
                    "in float32); default fp32")

@@ -19,6 +19,11 @@ from ..schedule import NoiseSchedule
 TUNED_KEY = "tuned_timesteps"
 
 
+# torch.compile's modes: reduce-overhead captures the network in CUDA graphs where shapes are static
+# (on the CPU the micro-batch fixes them; on a GPU, a fixed --batch-size that divides --num)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
 @dataclasses.dataclass
 class LoadedModel:
     """Everything sampling must agree with, from one model file. ``extras`` holds what the model
@@ -47,6 +52,15 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+    def compiled(self, mode: str = "default") -> LoadedModel:
+        """This model with its network under ``torch.compile`` (``mode``: default, reduce-overhead,
+        which on a GPU also captures each call in a CUDA graph, or max-autotune). The first calls
+        compile (minutes on a CPU); samples agree with the plain network's up to float rounding,
+        so they share its sample cache."""
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; valid: {', '.join(COMPILE_MODES)}")
+        return dataclasses.replace(self, net=torch.compile(self.net, mode=mode))
 
     def fingerprint(self) -> str:
         """SHA-256 of what decides this model's outputs: its file's bytes, or its files' digests."""
