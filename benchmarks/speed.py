@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/speed.py [--nets mnist,unet2d-mnist,unet2d-cifar] [--nfe 10,20]
         [--batches mnist=1,16,64 ...] [--repeat 3] [--threads 2] [--device cpu]
+        [--precisions fp32,bf16] [--compile]
 
 For each network and batch size, in one process:
 
@@ -16,6 +17,12 @@ For each network and batch size, in one process:
   image post-processing, ``output_type="np"``). Variants run interleaved, --repeat times each, and the
   median counts; the overhead W / (NFE x F) and images per second are reported for each, with the
   ratio of our W to diffusers' for the same algorithm.
+
+``--precisions fp32,bf16,fp16`` adds our loop with the network under autocast (``precision``), and
+``--compile`` our loop on the network under ``torch.compile`` (mode reduce-overhead on CUDA, which
+captures it in CUDA graphs; default elsewhere), each against diffusers' fp32 loop. On CUDA each of our
+variants is also run once under ``torch.cuda.set_sync_debug_mode("warn")``, and the host
+synchronisations it warns of are counted (``host_syncs``).
 
 Networks: ``mnist``, the shipped MNIST U-Net (1.7M parameters); ``unet2d-mnist``, a diffusers
 ``UNet2DModel`` of about the same size (1.6M, 28x28x1); ``unet2d-cifar``, a ``UNet2DModel`` with
@@ -132,8 +139,25 @@ def pipeline(unet, pipe_name, sched_name, schedule, nfe, batch, device):
     return run
 
 
-def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device) -> list[dict]:
+def host_syncs(fn) -> int:
+    """Host synchronisations that one call of ``fn`` makes on CUDA (each one warns in this mode)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device, precisions=("fp32",),
+            compile_net: bool = False) -> list[dict]:
     ours, theirs_call, unet, shape = network(kind, device)
+    compiled = torch.compile(ours, mode="reduce-overhead" if device.type == "cuda" else "default") if compile_net \
+        else None
     schedule = NoiseSchedule("linear", 1000)
     params = sum(p.numel() for p in ours.parameters())
     rows = []
@@ -148,9 +172,15 @@ def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device)
                         ours(x, t)
             variants = {("network", "bare"): ("network", bare)}
             for name, cls_name, kw in PAIRS:
-                plan = make_plan(schedule, name, steps=nfe, spacing="trailing")
-                variants[name, "ddpmkit"] = (name, lambda plan=plan: sample(
-                    ours, schedule, plan, shape=(batch, *shape), micro_batch=None, device=device))
+                for precision in precisions:
+                    plan = make_plan(schedule, name, steps=nfe, spacing="trailing", precision=precision)
+                    source = "ddpmkit" if precision == "fp32" else f"ddpmkit {precision}"
+                    variants[name, source] = (name, lambda plan=plan: sample(
+                        ours, schedule, plan, shape=(batch, *shape), micro_batch=None, device=device))
+                if compiled is not None:
+                    plan = make_plan(schedule, name, steps=nfe, spacing="trailing")
+                    variants[name, "ddpmkit compiled"] = (name, lambda plan=plan: sample(
+                        compiled, schedule, plan, shape=(batch, *shape), micro_batch=None, device=device))
                 variants[name, "diffusers"] = (name, their_loop(theirs_call, cls_name, kw, schedule, nfe,
                                                                 (batch, *shape), device))
             if unet is not None:
@@ -159,9 +189,11 @@ def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device)
                     variants[pipe_name, "diffusers"] = (algo, pipeline(unet, pipe_name, sched_name, schedule, nfe,
                                                                        batch, device))
             times = {key: [] for key in variants}
-            peaks = {}
+            peaks, syncs = {}, {}
             for key, (_, fn) in variants.items():  # warm-up, and the peak memory
                 peaks[key] = timed(fn, device)[1]
+                if device.type == "cuda" and key[1].startswith("ddpmkit"):
+                    syncs[key] = host_syncs(fn)
             for _ in range(repeat):  # interleaved, so that a slow spell of a shared machine hits every variant
                 for key, (_, fn) in variants.items():
                     times[key].append(timed(fn, device)[0])
@@ -173,9 +205,9 @@ def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device)
                 rows.append({"net": kind, "params": params, "batch": batch, "nfe": nfe, "variant": label,
                              "source": source, "algorithm": algo, "forward_s": F, "wall_s": W,
                              "overhead": W / (nfe * F), "images_per_s": batch / W, "peak_mib": peaks[label, source],
-                             "times": times[label, source]})
+                             "host_syncs": syncs.get((label, source)), "times": times[label, source]})
             for r in rows:
-                if r["net"] == kind and r["batch"] == batch and r["nfe"] == nfe and r["source"] == "ddpmkit":
+                if r["net"] == kind and r["batch"] == batch and r["nfe"] == nfe and r["source"].startswith("ddpmkit"):
                     theirs = next(q for q in rows if q["net"] == kind and q["batch"] == batch and q["nfe"] == nfe
                                   and q["source"] == "diffusers" and q["variant"] == r["algorithm"])
                     r["ours_over_diffusers"] = r["wall_s"] / theirs["wall_s"]
@@ -194,11 +226,14 @@ def markdown(result: dict) -> str:
     for kind in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == kind]
         lines.append(f"\n## {kind} ({mine[0]['params'] / 1e6:.1f}M parameters)\n")
+        counted = any(r.get("host_syncs") is not None for r in mine)  # on CUDA
         lines.append(table(["batch", "NFE", "F (ms)", "variant", "source", "W (s)", "overhead", "images/s",
-                            "ours / diffusers"],
+                            "ours / diffusers", *(["host syncs"] if counted else [])],
                            [[r["batch"], r["nfe"], f"{r['forward_s'] * 1000:.1f}", r["variant"], r["source"],
                              f"{r['wall_s']:.3f}", f"{r['overhead']:.3f}", f"{r['images_per_s']:.1f}",
-                             f"{r['ours_over_diffusers']:.3f}" if "ours_over_diffusers" in r else ""] for r in mine]))
+                             f"{r['ours_over_diffusers']:.3f}" if "ours_over_diffusers" in r else "",
+                             *([r.get("host_syncs") if r.get("host_syncs") is not None else ""] if counted else [])]
+                            for r in mine]))
     return "\n".join(lines) + "\n"
 
 
@@ -211,6 +246,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precisions", default="fp32", help="our loop at these network precisions (fp32, bf16, fp16)")
+    p.add_argument("--compile", action="store_true", help="also our loop on the network under torch.compile")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed"))
     args = p.parse_args(argv)
     keep_freed_memory()
@@ -221,7 +258,7 @@ def main(argv=None) -> int:
     start, rows = time.perf_counter(), []
     for kind in args.nets.split(","):
         rows += measure(kind, [int(b) for b in batches[kind].split(",")], [int(n) for n in args.nfe.split(",")],
-                        args.repeat, device)
+                        args.repeat, device, precisions=args.precisions.split(","), compile_net=args.compile)
     command = ("python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     result = {"command": command, "machine": describe_machine(args.device), "threads": torch.get_num_threads(),
               "repeat": args.repeat, "seconds": time.perf_counter() - start, "rows": rows}
