@@ -144,3 +144,19 @@ def test_statistics_of_another_schedule_or_shape_are_refused():
         sample(model, SCHED, sampler="dpm-solver-v3", steps=5, ems=ems, shape=(2, 2, 2, 4))
     with pytest.raises(ValueError, match="`ddpmkit ems --model MODEL`"):
         make_plan(SCHED, "dpm-solver-v3", steps=5)
+
+
+def test_statistics_whose_s_integral_swings_too_far_are_refused():
+    """A step's coefficients hold e^{+-int s}: where int s dlambda moves by more than MAX_S_SPAN over
+    the points a step uses, they keep no digit in float64 and the plan is refused; the same grid with
+    s scaled down runs."""
+    from dataclasses import replace
+
+    from ddpmkit.samplers.dpm_solver_v3 import MAX_S_SPAN
+
+    deg = EMS.degenerate(lambdas(100), SHAPE)
+    wild = replace(deg, s=np.broadcast_to(80.0 * np.sin(3 * deg.lambdas)[:, None, None, None], deg.s.shape).copy())
+    with pytest.raises(ValueError, match=r"statistics change too fast for this grid: int s dlambda moves by \d+"):
+        make_plan(SCHED, "dpm-solver-v3", steps=5, ems=wild)
+    tame = replace(wild, s=wild.s * 0.05)  # spans 2.7 at most
+    assert MAX_S_SPAN == 30 and make_plan(SCHED, "dpm-solver-v3", steps=5, ems=tame).nfe == 5

@@ -138,7 +138,10 @@ def sample(
         denoiser.inputs = dict(zip(plan.grid, plan.input_timesteps))
     out, calls, evaluations = [], [], []
     chunk = n if batch_size is None else int(batch_size)
-    with torch.no_grad():
+    # inference mode: no autograd bookkeeping (version counters, views) on any tensor of the loop; the
+    # samples are concatenated outside it, so what is returned is an ordinary tensor (a callback's
+    # tensors are inference tensors: it may read and copy them, not change them in place later)
+    with torch.inference_mode():
         for lo in range(0, n, chunk):
             noise = SeededNoise(seeds[lo : lo + chunk], tuple(shape[1:]), device=device, dtype=dtype)
             x = noise()  # drawn even when init_noise is given, so later draws line up with the seed
