@@ -72,9 +72,10 @@ SEARCHED = [(label, name, opts) for label, name, opts, spacing, det in OURS
             if det and spacing == "trailing" and name not in ("heun",)]
 SEARCHED_NFES = (5, 10)
 # those whose searched grid is then refined with decoupled input timesteps (``gits.decoupled``) at
-# DECOUPLE_NFES, on DECOUPLE_NUM teacher trajectories with up to DECOUPLE_RUNS runs each. Fitted to all
-# of 2000 trajectories, dpmpp-2m's 5 NFE went 0.127 -> 0.101 on them and 0.137 -> 0.112 on the measured
-# x_T; fitted to 8000, 0.133 -> 0.103 and 0.137 -> 0.106 (362 runs of 2.8 s each, float64, one thread)
+# DECOUPLE_NFES, on DECOUPLE_NUM teacher trajectories with up to DECOUPLE_RUNS runs each (the errors are
+# heavy-tailed: a prototype fitted to 2000 trajectories reached 0.112 on the measured x_T with
+# dpmpp-2m's 5 NFE, fitted to 8000, 0.106; the two refinements here, 961 runs of 8000 and the teacher,
+# took 1106 s at one thread beside another job)
 DECOUPLED, DECOUPLE_NFES = ("unipc-2 bh2", "dpmpp-2m"), (5,)
 DECOUPLE_NUM, DECOUPLE_RUNS = 8000, 500
 # diffusers' schedulers, trailing spacing, with the keyword arguments that select the algorithm
