@@ -151,5 +151,5 @@ def describe(name: str) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
-__all__ = ["SAMPLERS", "CHECKS", "MODEL_OPTIONS", "OFF_GRID", "MIN_STEPS", "get_sampler", "sampler_options", "model_options",
-           "check", "nfe_for", "check_steps", "min_steps", "steps_for_nfe", "describe"]
+__all__ = ["SAMPLERS", "CHECKS", "MODEL_OPTIONS", "OFF_GRID", "MIN_STEPS", "get_sampler", "sampler_options",
+           "model_options", "check", "nfe_for", "check_steps", "min_steps", "steps_for_nfe", "describe"]

@@ -42,9 +42,8 @@ def check_dpm_solver_v3(schedule, grid, *, order: int = 3, predictor: str = "exa
     check_choice("predictor", predictor, PREDICTORS)
     check_choice("corrector_order", corrector_order, CORRECTOR_ORDERS)
     check_ems_matches(ems, schedule, None)
-    steps = schedule.transitions(grid)
-    _check_conditioning(_Integrals(ems, [alpha_sigma_lambda(a)[2] for _, a, _ in steps]),
-                        [alpha_sigma_lambda(a)[2] for _, a, _ in steps], order)
+    lams = [alpha_sigma_lambda(a)[2] for _, a, _ in schedule.transitions(grid)]
+    _check_conditioning(_Integrals(ems, lams), lams, order)
 
 
 # the most that int s dlambda may change across the points one step uses (its own and the history's):
