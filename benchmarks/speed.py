@@ -44,6 +44,7 @@ import torch
 
 from ddpmkit import NoiseSchedule, make_plan, sample
 from ddpmkit.machine import describe_machine, keep_freed_memory
+from ddpmkit.measure.exact import diffusers_scheduler
 from ddpmkit.measure.report import table, write_result
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -102,19 +103,11 @@ def timed(fn, device) -> tuple[float, float | None]:
     return seconds, peak
 
 
-def scheduler(cls_name: str, kwargs: dict, schedule: NoiseSchedule, nfe: int):
-    import diffusers
-
-    sched = getattr(diffusers, cls_name)(num_train_timesteps=schedule.T, trained_betas=schedule.betas.tolist(),
-                                         **{"timestep_spacing": "trailing", **kwargs})
-    sched.set_timesteps(nfe)
-    return sched
-
-
 def their_loop(call, cls_name, kwargs, schedule, nfe, shape, device):
     """diffusers' documented loop, from set_timesteps to the last step."""
     def run():
-        sched = scheduler(cls_name, kwargs, schedule, nfe)
+        sched = diffusers_scheduler(cls_name, kwargs, schedule)
+        sched.set_timesteps(nfe)
         g = torch.Generator(device).manual_seed(0)
         x = torch.randn(shape, generator=g, device=device) * sched.init_noise_sigma
         with torch.inference_mode():
@@ -128,9 +121,7 @@ def their_loop(call, cls_name, kwargs, schedule, nfe, shape, device):
 def pipeline(unet, pipe_name, sched_name, schedule, nfe, batch, device):
     import diffusers
 
-    sched = getattr(diffusers, sched_name)(num_train_timesteps=schedule.T, trained_betas=schedule.betas.tolist(),
-                                           timestep_spacing="trailing")
-    pipe = getattr(diffusers, pipe_name)(unet=unet, scheduler=sched).to(device)
+    pipe = getattr(diffusers, pipe_name)(unet=unet, scheduler=diffusers_scheduler(sched_name, {}, schedule)).to(device)
     pipe.set_progress_bar_config(disable=True)
 
     def run():

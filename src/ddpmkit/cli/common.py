@@ -12,6 +12,7 @@ import sys
 import torch
 
 from ..models.loaded import COMPILE_MODES
+from ..prediction import PRECISIONS
 from ..sampling import MICRO_BATCH
 from ..samplers import SAMPLERS, parse_bool as parse_bool_text, sampler_options
 
@@ -268,7 +269,7 @@ def add_sampling(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
                    help="run the network under torch.compile (MODE: default, reduce-overhead, which on a GPU also "
                    "captures it in CUDA graphs, or max-autotune); the first calls compile, minutes on a CPU")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
                    help="the network's precision: bf16 or fp16 run it under autocast (for GPUs; the solver stays "
                    "in float32); default fp32")
     p.add_argument("--class", dest="classes", type=class_list, default=None, metavar="LABELS",

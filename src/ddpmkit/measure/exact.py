@@ -142,16 +142,21 @@ def distribution_errors(x: torch.Tensor, gm: GaussianMixture, proj: torch.Tensor
     return {"fd": frechet_distance(mu, cov, mu_true, cov_true), "on_component": on}
 
 
+def diffusers_scheduler(cls_name: str, kwargs: dict, schedule: NoiseSchedule):
+    """diffusers' scheduler ``cls_name`` on our schedule's betas (its own float32 tables), trailing
+    spacing unless ``kwargs`` say otherwise."""
+    import diffusers
+
+    return getattr(diffusers, cls_name)(num_train_timesteps=schedule.T, trained_betas=schedule.betas.tolist(),
+                                        **{"timestep_spacing": "trailing", **kwargs})
+
+
 def diffusers_sample(cls_name: str, kwargs: dict, schedule: NoiseSchedule, model, x_T: torch.Tensor, nfe: int,
                      seed: int = 0):
     """Run a diffusers scheduler the way its users do (trailing spacing unless ``kwargs`` say
     otherwise, its own float32 tables from our betas) for the most steps that fit ``nfe``; returns
     (x_0, steps, nfe used)."""
-    import diffusers
-
-    cls = getattr(diffusers, cls_name)
-    sched = cls(num_train_timesteps=schedule.T, trained_betas=schedule.betas.tolist(),
-                **{"timestep_spacing": "trailing", **kwargs})
+    sched = diffusers_scheduler(cls_name, kwargs, schedule)
     steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
     sched.set_timesteps(steps)
     y = x_T * sched.init_noise_sigma
@@ -199,15 +204,16 @@ def searched_grids(model, schedule: NoiseSchedule, shape, nfes, *, num: int = 51
         for n, entry in teacher_search(teacher, name, nfes, options={**opts, **supplied(name, opts)}).items():
             out[label, n, "teacher"] = entry["timesteps"]
     log(f"searched grids: {teacher.describe()}, {time.perf_counter() - start:.0f} s")
-    if decouple_runs and any(label in DECOUPLED for label, _, _ in SEARCHED):
+    refine = [(label, name, opts, n) for label, name, opts in SEARCHED if label in DECOUPLED
+              for n in nfes if n in DECOUPLE_NFES]
+    if decouple_runs and refine:
         start = time.perf_counter()
         # the clean ends alone of more trajectories (the same seeds and more): the refinement fits 2k+ numbers
         wide = Teacher(model, schedule, shape=shape, num=decouple_num, seed=seed, candidates=teacher.candidates)
-        for label, name, opts in SEARCHED:
-            for n in [n for n in nfes if n in DECOUPLE_NFES] if label in DECOUPLED else ():
-                found = decoupled(wide, name, out[label, n, "teacher"], options={**opts, **supplied(name, opts)},
-                                  max_runs=decouple_runs, log=log)
-                out[label, n, "decoupled"] = {**found, "runs_allowed": decouple_runs, "trajectories": decouple_num}
+        for label, name, opts, n in refine:
+            found = decoupled(wide, name, out[label, n, "teacher"], options={**opts, **supplied(name, opts)},
+                              max_runs=decouple_runs, log=log)
+            out[label, n, "decoupled"] = {**found, "runs_allowed": decouple_runs, "trajectories": decouple_num}
         log(f"decoupled grids: {wide.describe()}, {time.perf_counter() - start:.0f} s")
     return out, teacher.describe()
 

@@ -36,14 +36,24 @@ CORRECTOR_ORDERS = ("higher", "same")
 def check_dpm_solver_v3(schedule, grid, *, order: int = 3, predictor: str = "exact", corrector: bool = True,
                         corrector_order: str = "higher", ems=None) -> None:
     """The errors ``dpm_solver_v3`` raises for these options on this schedule and grid: order 1 to
-    3, known predictor and corrector kinds, and statistics that cover the schedule."""
+    3, known predictor and corrector kinds, statistics that cover the schedule and that this grid can
+    integrate."""
+    _prepared(schedule, grid, order, predictor, corrector_order, ems)
+
+
+def _prepared(schedule, grid, order, predictor, corrector_order, ems):
+    """The checks of ``check_dpm_solver_v3``, and what they build that the sampler runs on: (the
+    grid's transitions, their lambdas, the integrals)."""
     if order not in (1, 2, 3):
         raise ValueError(f"order={order!r} is not valid; choose 1, 2 or 3")
     check_choice("predictor", predictor, PREDICTORS)
     check_choice("corrector_order", corrector_order, CORRECTOR_ORDERS)
     check_ems_matches(ems, schedule, None)
-    lams = [alpha_sigma_lambda(a)[2] for _, a, _ in schedule.transitions(grid)]
-    _check_conditioning(_Integrals(ems, lams), lams, order)
+    steps = schedule.transitions(grid)
+    lams = [alpha_sigma_lambda(a)[2] for _, a, _ in steps]
+    integ = _Integrals(ems, lams)
+    _check_conditioning(integ, lams, order)
+    return steps, lams, integ
 
 
 # the most that int s dlambda may change across the points one step uses (its own and the history's):
@@ -181,13 +191,9 @@ def dpm_solver_v3(denoiser, x, grid, *, noise, order: int = 3, predictor: str = 
     same (the predictor's order, exact derivatives). ``ems``: the model's statistics (``ddpmkit
     ems``). N steps, N NFE."""
     sched = denoiser.schedule
-    check_dpm_solver_v3(sched, grid, order=order, predictor=predictor, corrector=corrector,
-                        corrector_order=corrector_order, ems=ems)
+    steps, lams, integ = _prepared(sched, grid, order, predictor, corrector_order, ems)
     check_ems_matches(ems, sched, x.shape[1:])
-    steps = sched.transitions(grid)
     n = len(steps)
-    lams = [alpha_sigma_lambda(a)[2] for _, a, _ in steps]
-    integ = _Integrals(ems, lams)
     where = [integ.index(lam) for lam in lams]
     shape = x.shape[1:]
 
