@@ -97,6 +97,12 @@ def test_abar_at_integers_and_fractions():
     s = NoiseSchedule("cosine", 1000)
     assert s.abar_at(17) == s.alphas_cumprod[17]
     np.testing.assert_array_equal(s.abar_at(np.arange(1000)), s.alphas_cumprod)
+    # a scalar grid point (int, float or numpy float: the samplers' fast path) is the array path's value
+    for t in (0, 17, 999, 17.0, np.float64(998.0)):
+        assert s.abar_at(t) == s.abar_at(np.array([t]))[0] and type(s.abar_at(t)) is float
+    for bad in (1000, 1000.0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="outside"):
+            s.abar_at(bad)
     # halfway, logSNR is the mean of its neighbours' (log sigma interpolation, as in k-diffusion)
     lam = 0.5 * (s.log_snr[17] + s.log_snr[18])
     assert s.abar_at(17.5) == pytest.approx(1 / (1 + math.exp(-lam)), rel=1e-12)

@@ -200,6 +200,9 @@ class NoiseSchedule:
         k-diffusion); abar itself is interpolated on a segment that touches abar = 0.
         Returns a float for a scalar t, else a float64 array.
         """
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and float(t).is_integer() and 0 <= t <= self.T - 1:
+            # a grid point: the table's own entry, without numpy's per-call cost (samplers ask once a step)
+            return float(self.alphas_cumprod[int(t)])
         tt = np.asarray(t, dtype=np.float64)
         if np.any(~np.isfinite(tt)) or np.any(tt < 0) or np.any(tt > self.T - 1):
             bad = tt[~((tt >= 0) & (tt <= self.T - 1))].ravel()[0]
