@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/speed.py [--nets mnist,unet2d-mnist,unet2d-cifar] [--nfe 10,20]
         [--batches mnist=1,16,64 ...] [--repeat 3] [--threads 2] [--device cpu]
-        [--precisions fp32,bf16] [--compile]
+        [--precisions fp32,bf16] [--compile] [--quality benchmarks/results/few_step_mnist.json --ems MODEL_FILE]
 
 For each network and batch size, in one process:
 
@@ -16,7 +16,15 @@ For each network and batch size, in one process:
   ``UNet2DModel`` also diffusers' ``DDIMPipeline`` and ``DDPMPipeline`` at the same NFE (with their
   image post-processing, ``output_type="np"``). Variants run interleaved, --repeat times each, and the
   median counts; the overhead W / (NFE x F) and images per second are reported for each, with the
-  ratio of our W to diffusers' for the same algorithm.
+  ratio of our W to diffusers' for the same algorithm;
+- in the same runs, the time spent inside the network (hooks on it: ``NetworkClock``), so that each
+  loop's own cost, W minus that time, is measured apart from the network's, and the overhead W over
+  that time is free of the drift between runs that W / (NFE x F) carries on a shared machine.
+
+``--quality FEW_STEP_JSON`` adds the time to quality on the shipped MNIST model (``time_to_quality``):
+from the FIDs that benchmarks/few_step_mnist.py measured, each side's fewest-NFE sampler that gets
+within 10% of the best FID (and to diffusers' best), timed here. With ``--nets ''`` it runs alone and
+keeps the network rows already in the results.
 
 ``--precisions fp32,bf16,fp16`` adds our loop with the network under autocast (``precision``), and
 ``--compile`` our loop on the network under ``torch.compile`` (mode reduce-overhead on CUDA, which
@@ -35,6 +43,8 @@ Writes benchmarks/results/speed.json and speed.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import pathlib
 import statistics
 import sys
@@ -90,17 +100,56 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device) -> tuple[float, float | None]:
-    """(seconds, peak CUDA memory in MiB or None) of one call."""
+class NetworkClock:
+    """The time spent inside one module's forward calls while the clock is on (a pre- and a post-hook):
+    perf_counter on the CPU; on CUDA an event pair per call, read after the run, so that the clock
+    adds no host synchronisation. What a loop spends outside these calls is its own cost."""
+
+    def __init__(self, module: torch.nn.Module, device):
+        self.module, self.cuda, self.spans, self.handles = module, device.type == "cuda", [], []
+
+    def __enter__(self):
+        self.spans = []
+        self.handles = [self.module.register_forward_pre_hook(self._start),
+                        self.module.register_forward_hook(self._stop)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _start(self, module, args):
+        self.opened = self._now()
+
+    def _stop(self, module, args, out):
+        self.spans.append((self.opened, self._now()))
+
+    def seconds(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(a.elapsed_time(b) for a, b in self.spans) / 1000
+        return sum(b - a for a, b in self.spans)
+
+
+def timed(fn, device, clock: NetworkClock | None = None) -> tuple[float, float | None, float | None]:
+    """(seconds, peak CUDA memory in MiB or None, seconds inside the network or None) of one call."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    seconds = time.perf_counter() - t0
+    with clock or contextlib.nullcontext():
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return seconds, peak
+    return seconds, peak, None if clock is None else clock.seconds()
 
 
 def their_loop(call, cls_name, kwargs, schedule, nfe, shape, device):
@@ -147,6 +196,7 @@ def host_syncs(fn) -> int:
 def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device, precisions=("fp32",),
             compile_net: bool = False) -> list[dict]:
     ours, theirs_call, unet, shape = network(kind, device)
+    clock = NetworkClock(unet if unet is not None else ours, device)  # the module every variant calls
     compiled = torch.compile(ours, mode="reduce-overhead" if device.type == "cuda" else "default") if compile_net \
         else None
     schedule = NoiseSchedule("linear", 1000)
@@ -179,7 +229,7 @@ def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device,
                     algo = "ddim" if pipe_name == "DDIMPipeline" else "ddpm"
                     variants[pipe_name, "diffusers"] = (algo, pipeline(unet, pipe_name, sched_name, schedule, nfe,
                                                                        batch, device))
-            times = {key: [] for key in variants}
+            times, inside = {key: [] for key in variants}, {key: [] for key in variants}
             peaks, syncs = {}, {}
             for key, (_, fn) in variants.items():  # warm-up, and the peak memory
                 peaks[key] = timed(fn, device)[1]
@@ -187,25 +237,147 @@ def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device,
                     syncs[key] = host_syncs(fn)
             for _ in range(repeat):  # interleaved, so that a slow spell of a shared machine hits every variant
                 for key, (_, fn) in variants.items():
-                    times[key].append(timed(fn, device)[0])
+                    # a compiled network's hooks would be traced into its graph: it goes unclocked
+                    seconds, _, net_seconds = timed(fn, device, None if "compiled" in key[1] else clock)
+                    times[key].append(seconds)
+                    inside[key].append(net_seconds)
             F = statistics.median(times["network", "bare"]) / nfe
             for (label, source), (algo, _) in variants.items():
                 if source == "bare":
                     continue
-                W = statistics.median(times[label, source])
+                W, net = statistics.median(times[label, source]), inside[label, source]
+                clocked = net[0] is not None
                 rows.append({"net": kind, "params": params, "batch": batch, "nfe": nfe, "variant": label,
                              "source": source, "algorithm": algo, "forward_s": F, "wall_s": W,
-                             "overhead": W / (nfe * F), "images_per_s": batch / W, "peak_mib": peaks[label, source],
-                             "host_syncs": syncs.get((label, source)), "times": times[label, source]})
+                             "overhead": W / (nfe * F),
+                             # from each run's own network time, so that a slow spell cancels out
+                             "in_run_overhead": statistics.median(w / n for w, n in zip(times[label, source], net))
+                             if clocked else None,
+                             "loop_ms_per_step": statistics.median(w - n for w, n in zip(times[label, source], net))
+                             * 1000 / nfe if clocked else None,
+                             "images_per_s": batch / W, "peak_mib": peaks[label, source],
+                             "host_syncs": syncs.get((label, source)), "times": times[label, source],
+                             "network_times": net})
             for r in rows:
                 if r["net"] == kind and r["batch"] == batch and r["nfe"] == nfe and r["source"].startswith("ddpmkit"):
                     theirs = next(q for q in rows if q["net"] == kind and q["batch"] == batch and q["nfe"] == nfe
                                   and q["source"] == "diffusers" and q["variant"] == r["algorithm"])
                     r["ours_over_diffusers"] = r["wall_s"] / theirs["wall_s"]
+                    if r["loop_ms_per_step"] is not None:
+                        r["loop_ours_over_diffusers"] = r["loop_ms_per_step"] / theirs["loop_ms_per_step"]
             print(f"  {kind} batch {batch} NFE {nfe}: F {F * 1000:.1f} ms; " + "; ".join(
-                f"{r['variant']} ({r['source']}) x{r['overhead']:.3f}" for r in rows
+                f"{r['variant']} ({r['source']}) x{r['overhead']:.3f}"
+                + (f" (in run x{r['in_run_overhead']:.4f})" if r["in_run_overhead"] else "") for r in rows
                 if r["net"] == kind and r["batch"] == batch and r["nfe"] == nfe), flush=True)
     return rows
+
+
+def time_to_quality(quality: pathlib.Path, ems: str | None, repeat: int, batch: int = 64) -> dict:
+    """Seconds per image, ours and diffusers', to reach an FID within 10% of the best that any row of
+    ``quality`` (few_step_mnist.json: the shipped MNIST model, 10k samples) measured, and to reach
+    diffusers' own best FID: for each side the row with the fewest NFE that gets there (for diffusers,
+    where none does, the row with the most NFE, which bounds its time from below), timed here on
+    ``batch`` seeds, interleaved, the median of ``repeat`` runs. Our row's plan is rebuilt from its
+    sampler and grid (on ``ems``'s copy of the model for a sampler that needs its statistics), diffusers'
+    from its scheduler and grid as few_step_mnist.py runs it."""
+    import few_step_mnist
+    from ddpmkit.measure.exact import DIFFUSERS_GRIDS, diffusers_sample
+    from ddpmkit.models import load_model
+    from ddpmkit.rng import SeededNoise
+    from ddpmkit.samplers import model_options
+    from ddpmkit.sampling import MICRO_BATCH, MicroBatched
+
+    measured = [r for r in json.loads(quality.read_text())["rows"] if r["num"] >= 10000]
+    side = {src: [r for r in measured if r["source"] == src] for src in ("ddpmkit", "diffusers")}
+    best = min(measured, key=lambda r: r["fid"])
+    targets = {"within 10% of the best": 1.1 * best["fid"],
+               "diffusers' best": min(r["fid"] for r in side["diffusers"])}
+    model, seeds = load_model("mnist"), range(batch)
+    net = MicroBatched(model.net, MICRO_BATCH)
+
+    def runner(row):
+        if row["source"] == "diffusers":
+            cls, kw = next((c, k) for label, c, k in few_step_mnist.DIFFUSERS if label == row["sampler"])
+            kw = {**kw, **({} if row["grid"] == "trailing" else DIFFUSERS_GRIDS[row["grid"]][0])}
+            return lambda: diffusers_sample(cls, kw, model.schedule, net, SeededNoise(seeds, model.shape)(),
+                                            row["nfe"])
+        m = load_model(ems) if model_options(row["sampler"]) else model
+        plan = m.plan(sampler=row["sampler"], **({"timesteps": row["timesteps"]} if row["timesteps"]
+                                                 else {"steps": row["nfe"], "spacing": row["grid"]}))
+        return lambda: m.sample(plan, seeds=seeds, batch_size=batch)
+
+    picks = {}
+    for target, fid in targets.items():
+        for src, rows in side.items():
+            reached = [r for r in rows if r["fid"] <= fid]
+            row = min(reached, key=lambda r: (r["nfe"], r["fid"])) if reached else max(rows, key=lambda r: r["nfe"])
+            picks[target, src] = (row, bool(reached))
+    runs = {id(row): runner(row) for row, _ in picks.values()}
+    times = {key: [] for key in runs}
+    with torch.no_grad():
+        for fn in runs.values():  # warm-up
+            fn()
+        for _ in range(repeat):
+            for key, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    out = {"best": {k: best[k] for k in ("sampler", "grid", "nfe", "fid")}, "batch": batch, "targets": []}
+    for target, fid in targets.items():
+        entry = {"target": target, "fid": fid}
+        for src in side:
+            row, reached = picks[target, src]
+            entry[src] = {"sampler": row["sampler"], "grid": row["grid"], "nfe": row["nfe"], "fid": row["fid"],
+                          "reached": reached, "s_per_image": statistics.median(times[id(row)]) / batch}
+        entry["diffusers_over_ours"] = entry["diffusers"]["s_per_image"] / entry["ddpmkit"]["s_per_image"]
+        out["targets"].append(entry)
+    return out
+
+
+def summary(rows: list[dict], ttq: dict | None) -> list[str]:
+    """The targets' lines: our loop's overhead at batch 16 and above, our wall time and loop time over
+    diffusers' for the same algorithm, and the time to quality."""
+    ours = [r for r in rows if r["source"] == "ddpmkit"]
+    lines = ["\n## Summary\n"]
+    big = [r for r in ours if r["batch"] >= 16 and r["in_run_overhead"] is not None]
+    if big:
+        worst = max(big, key=lambda r: r["in_run_overhead"])
+        lines.append(f"- Our loop's overhead (W over the time inside the network in the same run) at batch 16 and "
+                     f"above: at most **{worst['in_run_overhead']:.4f}** ({worst['net']}, {worst['variant']}, batch "
+                     f"{worst['batch']}, NFE {worst['nfe']}); W / (NFE x F) at most "
+                     f"{max(r['overhead'] for r in big):.3f}, the bare forward timed apart.")
+    paired = [r for r in ours if "ours_over_diffusers" in r]
+    if paired:
+        ratios = sorted(r["ours_over_diffusers"] for r in paired)
+        lines.append(f"- Our wall time over diffusers' for the same algorithm, network, batch and NFE: median "
+                     f"**{statistics.median(ratios):.3f}**, from {ratios[0]:.3f} to {ratios[-1]:.3f} "
+                     f"({len(ratios)} pairs).")
+        for algo in dict.fromkeys(r["algorithm"] for r in paired):
+            loops = [r for r in paired if r["algorithm"] == algo and "loop_ours_over_diffusers" in r]
+            if loops:
+                lines.append(f"  - {algo}: our loop's own time a step {statistics.median(r['loop_ms_per_step'] for r in loops):.3f} ms "
+                             f"against diffusers' {statistics.median(r['loop_ms_per_step'] / r['loop_ours_over_diffusers'] for r in loops):.3f} "
+                             f"(medians over {len(loops)} rows; ours / diffusers {min(r['loop_ours_over_diffusers'] for r in loops):.2f} "
+                             f"to {max(r['loop_ours_over_diffusers'] for r in loops):.2f}).")
+    if ttq:
+        b = ttq["best"]
+        lines.append(f"\n## Time to quality (the shipped MNIST model)\n\nMade by `{ttq['command']}` on "
+                     f"{ttq['machine']}. The best FID measured on 10k samples "
+                     f"(benchmarks/results/few_step_mnist.md) is {b['fid']:.2f} ({b['sampler']}, {b['grid']}, "
+                     f"{b['nfe']} NFE). Each side's fewest-NFE row that reaches the target, timed here at batch "
+                     f"{ttq['batch']} (seconds per image):\n")
+        cells = []
+        for e in ttq["targets"]:
+            for src in ("ddpmkit", "diffusers"):
+                d = e[src]
+                cells.append([f"{e['target']} (FID <= {e['fid']:.2f})", src, f"{d['sampler']} ({d['grid']})",
+                              d["nfe"] if d["reached"] else f"not by {d['nfe']}", f"{d['fid']:.2f}",
+                              f"{d['s_per_image']:.4f}" if d["reached"] else f"> {d['s_per_image']:.4f}",
+                              "" if src == "ddpmkit" else ("" if d["reached"] else "> ")
+                              + f"{e['diffusers_over_ours']:.1f}x"])
+        lines.append(table(["target", "source", "sampler (grid)", "NFE", "FID", "s / image", "diffusers / ours"],
+                           cells))
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -213,15 +385,21 @@ def markdown(result: dict) -> str:
     lines = [f"# Sampling speed against diffusers\n\nMade by `{result['command']}` on {result['machine']}: "
              "randomly initialised networks, the linear schedule (T = 1000), trailing grids; median of "
              f"{result['repeat']} interleaved runs. W: wall time of one batch; overhead: W / (NFE x F), F the "
-             "bare forward; ours / diffusers: our W over diffusers' scheduler loop's for the same algorithm.\n"]
+             "bare forward timed apart; in run: W over the time spent inside the network during the same runs "
+             "(hooks on the network), which a slow spell of a shared machine cancels out of; loop: what the "
+             "loop spends outside the network, per step; ours / diffusers: our W over diffusers' scheduler "
+             "loop's for the same algorithm.\n", *summary(rows, result.get("time_to_quality"))]
     for kind in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == kind]
         lines.append(f"\n## {kind} ({mine[0]['params'] / 1e6:.1f}M parameters)\n")
         counted = any(r.get("host_syncs") is not None for r in mine)  # on CUDA
-        lines.append(table(["batch", "NFE", "F (ms)", "variant", "source", "W (s)", "overhead", "images/s",
-                            "ours / diffusers", *(["host syncs"] if counted else [])],
+        lines.append(table(["batch", "NFE", "F (ms)", "variant", "source", "W (s)", "overhead", "in run",
+                            "loop (ms)", "images/s", "ours / diffusers", *(["host syncs"] if counted else [])],
                            [[r["batch"], r["nfe"], f"{r['forward_s'] * 1000:.1f}", r["variant"], r["source"],
-                             f"{r['wall_s']:.3f}", f"{r['overhead']:.3f}", f"{r['images_per_s']:.1f}",
+                             f"{r['wall_s']:.3f}", f"{r['overhead']:.3f}",
+                             f"{r['in_run_overhead']:.4f}" if r.get("in_run_overhead") else "",
+                             f"{r['loop_ms_per_step']:.3f}" if r.get("loop_ms_per_step") is not None else "",
+                             f"{r['images_per_s']:.1f}",
                              f"{r['ours_over_diffusers']:.3f}" if "ours_over_diffusers" in r else "",
                              *([r.get("host_syncs") if r.get("host_syncs") is not None else ""] if counted else [])]
                             for r in mine]))
@@ -239,6 +417,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precisions", default="fp32", help="our loop at these network precisions (fp32, bf16, fp16)")
     p.add_argument("--compile", action="store_true", help="also our loop on the network under torch.compile")
+    p.add_argument("--quality", default=None, metavar="FEW_STEP_JSON",
+                   help="also time to quality from these FID rows (benchmarks/results/few_step_mnist.json)")
+    p.add_argument("--ems", default=None, metavar="MODEL_FILE",
+                   help="the copy of the mnist model with DPM-Solver-v3's statistics, for --quality's rows that need it")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed"))
     args = p.parse_args(argv)
     keep_freed_memory()
@@ -246,13 +428,24 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batches = dict(BATCHES, **dict(spec.split("=", 1) for spec in args.batches))
-    start, rows = time.perf_counter(), []
-    for kind in args.nets.split(","):
+    start, rows, kinds = time.perf_counter(), [], [k for k in args.nets.split(",") if k]
+    if not kinds and not args.quality:
+        p.error("--nets is empty and there is no --quality: nothing to measure")
+    command = ("python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    for kind in kinds:
         rows += measure(kind, [int(b) for b in batches[kind].split(",")], [int(n) for n in args.nfe.split(",")],
                         args.repeat, device, precisions=args.precisions.split(","), compile_net=args.compile)
-    command = ("python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    result = {"command": command, "machine": describe_machine(args.device), "threads": torch.get_num_threads(),
-              "repeat": args.repeat, "seconds": time.perf_counter() - start, "rows": rows}
+    ttq = None
+    if args.quality:
+        ttq = {**time_to_quality(pathlib.Path(args.quality), args.ems, args.repeat), "command": command,
+               "machine": describe_machine(args.device)}
+    saved = pathlib.Path(args.out + ".json")
+    if not kinds and saved.exists():  # time to quality alone: the network rows already there stay
+        result = {**json.loads(saved.read_text()), "time_to_quality": ttq}
+    else:
+        result = {"command": command, "machine": describe_machine(args.device), "threads": torch.get_num_threads(),
+                  "repeat": args.repeat, "seconds": time.perf_counter() - start, "rows": rows,
+                  "time_to_quality": ttq}
     write_result(args.out, result, markdown(result))
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0
