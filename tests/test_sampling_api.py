@@ -228,3 +228,28 @@ def test_a_compiled_network_samples_what_the_plain_one_does():
     plain = mnist.sample(plan, seeds=range(4))
     compiled = mnist.compiled().sample(plan, seeds=range(4))
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "dpm-solver-v3"])  # v3 needs a model's statistics
+def test_memory_is_flat_in_nfe(sampler):
+    """No sampler keeps its trajectory: the states the network was given that are still alive at any
+    call (weak references) are as many at 24 steps as at 12, a few at most (a multistep solver's history)."""
+    import weakref
+
+    class Watcher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.refs, self.most = [], 0
+
+        def forward(self, x, t):
+            self.refs.append(weakref.ref(x))
+            self.most = max(self.most, sum(r() is not None for r in self.refs))
+            return MODEL(x, t)
+
+    most = {}
+    for steps in (12, 24):
+        net = Watcher()
+        sample(net, SCHED, sampler=sampler, steps=steps, shape=(2, *SHAPE), micro_batch=None)
+        assert len(net.refs) >= steps
+        most[steps] = net.most
+    assert most[24] == most[12] <= 4, most
