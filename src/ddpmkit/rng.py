@@ -45,6 +45,10 @@ class SeededNoise:
     def __call__(self) -> torch.Tensor:
         z = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self._gens])
         self.draws += 1
+        if self.device.type == "cuda":
+            # from pinned memory the copy is queued behind the GPU's work; from pageable memory it would
+            # wait for the stream, a host synchronisation at every step of a stochastic sampler
+            return z.pin_memory().to(device=self.device, non_blocking=True).to(self.dtype)
         return z.to(device=self.device, dtype=self.dtype)
 
     def __len__(self) -> int:
