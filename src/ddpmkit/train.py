@@ -377,7 +377,7 @@ class Trainer:
         params = [p for group in self.opt.param_groups for p in group["params"]]
         for name, value in part("optim.").items():
             idx, key = name.split(".", 1)
-            if value.shape == params[int(idx)].shape:
+            if int(idx) < len(params) and value.shape == params[int(idx)].shape:
                 # a moment in its parameter's memory layout (channels-last convolutions): the fused AdamW
                 # kernel walks parameter, gradient and moments as one flat layout, and a file's tensors
                 # are contiguous
