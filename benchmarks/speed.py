@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/speed.py [--nets mnist,unet2d-mnist,unet2d-cifar] [--nfe 10,20]
         [--batches mnist=1,16,64 ...] [--repeat 3] [--threads 2] [--device cpu]
-        [--precisions fp32,bf16] [--compile] [--quality benchmarks/results/few_step_mnist.json --ems MODEL_FILE]
+        [--precisions fp32,bf16] [--compile] [--loop-alone 1,16,64,256]
+        [--quality benchmarks/results/few_step_mnist.json --ems MODEL_FILE]
 
 For each network and batch size, in one process:
 
@@ -23,8 +24,9 @@ For each network and batch size, in one process:
 
 ``--quality FEW_STEP_JSON`` adds the time to quality on the shipped MNIST model (``time_to_quality``):
 from the FIDs that benchmarks/few_step_mnist.py measured, each side's fewest-NFE sampler that gets
-within 10% of the best FID (and to diffusers' best), timed here. With ``--nets ''`` it runs alone and
-keeps the network rows already in the results.
+within 10% of the best FID (and to diffusers' best), timed here. ``--loop-alone 1,16,64,256`` (the
+default) also times each pair's loop on a network that costs nothing (``loop_alone``). With ``--nets ''``
+these run alone and the network rows already in the results stay.
 
 ``--precisions fp32,bf16,fp16`` adds our loop with the network under autocast (``precision``), and
 ``--compile`` our loop on the network under ``torch.compile`` (mode reduce-overhead on CUDA, which
@@ -274,6 +276,39 @@ def measure(kind: str, batches: list[int], nfes: list[int], repeat: int, device,
     return rows
 
 
+def loop_alone(batches: list[int], nfe: int, repeat: int, device) -> dict:
+    """Each pair's loop on a network that costs nothing (it hands back one stored tensor), on MNIST's
+    and CIFAR-10's image shapes: a run's wall time over NFE, ours and diffusers', the median of
+    ``repeat`` interleaved runs. What the loops cost apart from any network, setup included (our
+    per-seed noise, diffusers' set_timesteps)."""
+    schedule = NoiseSchedule("linear", 1000)
+    rows = []
+    for shape_name, shape in (("28x28x1", (1, 28, 28)), ("32x32x3", (3, 32, 32))):
+        for batch in batches:
+            full = (batch, *shape)
+            stored = torch.randn(full, device=device) * 0.1
+
+            def free(x, t, stored=stored):
+                return stored
+            variants = {}
+            for name, cls_name, kw in PAIRS:
+                plan = make_plan(schedule, name, steps=nfe, spacing="trailing")
+                variants[name, "ddpmkit"] = lambda plan=plan, full=full, free=free: sample(
+                    free, schedule, plan, shape=full, micro_batch=None, device=device)
+                variants[name, "diffusers"] = their_loop(free, cls_name, kw, schedule, nfe, full, device)
+            times = {key: [] for key in variants}
+            for fn in variants.values():  # warm-up
+                timed(fn, device)
+            for _ in range(repeat):
+                for key, fn in variants.items():
+                    times[key].append(timed(fn, device)[0])
+            for name, _, _ in PAIRS:
+                ours, theirs = (statistics.median(times[name, src]) * 1000 / nfe for src in ("ddpmkit", "diffusers"))
+                rows.append({"shape": shape_name, "batch": batch, "sampler": name, "ours_ms": ours,
+                             "diffusers_ms": theirs, "ours_over_diffusers": ours / theirs})
+    return {"nfe": nfe, "repeat": repeat, "rows": rows}
+
+
 def time_to_quality(quality: pathlib.Path, ems: str | None, repeat: int, batch: int = 64) -> dict:
     """Seconds per image, ours and diffusers', to reach an FID within 10% of the best that any row of
     ``quality`` (few_step_mnist.json: the shipped MNIST model, 10k samples) measured, and to reach
@@ -336,7 +371,7 @@ def time_to_quality(quality: pathlib.Path, ems: str | None, repeat: int, batch: 
     return out
 
 
-def summary(rows: list[dict], ttq: dict | None) -> list[str]:
+def summary(rows: list[dict], ttq: dict | None, alone: dict | None = None) -> list[str]:
     """The targets' lines: our loop's overhead at batch 16 and above, our wall time and loop time over
     diffusers' for the same algorithm, and the time to quality."""
     ours = [r for r in rows if r["source"] == "ddpmkit"]
@@ -367,6 +402,11 @@ def summary(rows: list[dict], ttq: dict | None) -> list[str]:
                              f"against diffusers' {statistics.median(r['loop_ms_per_step'] / r['loop_ours_over_diffusers'] for r in loops):.3f} "
                              f"(medians over {len(loops)} rows; ours / diffusers {min(r['loop_ours_over_diffusers'] for r in loops):.2f} "
                              f"to {max(r['loop_ours_over_diffusers'] for r in loops):.2f}).")
+    if alone:
+        ratios = sorted(r["ours_over_diffusers"] for r in alone["rows"])
+        lines.append(f"- The loops alone (a network that costs nothing), {alone['nfe']} NFE: ours / diffusers "
+                     f"median **{statistics.median(ratios):.2f}**, from {ratios[0]:.2f} to {ratios[-1]:.2f} "
+                     f"({len(ratios)} rows, table below; made by `{alone['command']}`).")
     if ttq:
         b = ttq["best"]
         lines.append(f"\n## Time to quality (the shipped MNIST model)\n\nMade by `{ttq['command']}` on "
@@ -396,7 +436,14 @@ def markdown(result: dict) -> str:
              "bare forward timed apart; in run: W over the time spent inside the network during the same runs "
              "(hooks on the network), which a slow spell of a shared machine cancels out of; loop: what the "
              "loop spends outside the network, per step; ours / diffusers: our W over diffusers' scheduler "
-             "loop's for the same algorithm.\n", *summary(rows, result.get("time_to_quality"))]
+             "loop's for the same algorithm.\n", *summary(rows, result.get("time_to_quality"), result.get("loop_alone"))]
+    alone = result.get("loop_alone")
+    if alone:
+        lines += [f"\n## The loops alone\n\nA network that hands back one stored tensor, {alone['nfe']} NFE, median of "
+                  f"{alone['repeat']} interleaved runs; ms per step (a run's wall time over NFE).\n",
+                  table(["shape", "batch", "sampler", "ours (ms)", "diffusers (ms)", "ours / diffusers"],
+                        [[r["shape"], r["batch"], r["sampler"], f"{r['ours_ms']:.3f}", f"{r['diffusers_ms']:.3f}",
+                          f"{r['ours_over_diffusers']:.2f}"] for r in alone["rows"]])]
     for kind in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == kind]
         lines.append(f"\n## {kind} ({mine[0]['params'] / 1e6:.1f}M parameters)\n")
@@ -431,6 +478,8 @@ def main(argv=None) -> int:
                    help="also time to quality from these FID rows (benchmarks/results/few_step_mnist.json)")
     p.add_argument("--ems", default=None, metavar="MODEL_FILE",
                    help="the copy of the mnist model with DPM-Solver-v3's statistics, for --quality's rows that need it")
+    p.add_argument("--loop-alone", default="1,16,64,256", metavar="B,B,...",
+                   help="batch sizes of the loops on a network that costs nothing ('' for none)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed"))
     args = p.parse_args(argv)
     keep_freed_memory()
@@ -439,23 +488,25 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     batches = dict(BATCHES, **dict(spec.split("=", 1) for spec in args.batches))
     start, rows, kinds = time.perf_counter(), [], [k for k in args.nets.split(",") if k]
-    if not kinds and not args.quality:
-        p.error("--nets is empty and there is no --quality: nothing to measure")
+    alone_batches = [int(b) for b in args.loop_alone.split(",") if b]
+    if not kinds and not args.quality and not alone_batches:
+        p.error("--nets, --loop-alone and --quality are all empty: nothing to measure")
     command = ("python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     for kind in kinds:
         rows += measure(kind, [int(b) for b in batches[kind].split(",")], [int(n) for n in args.nfe.split(",")],
                         args.repeat, device, precisions=args.precisions.split(","), compile_net=args.compile)
-    ttq = None
+    made = {"command": command, "machine": describe_machine(args.device)}
+    sections = {}
+    if alone_batches:
+        sections["loop_alone"] = {**loop_alone(alone_batches, 20, max(args.repeat, 10), device), **made}
     if args.quality:
-        ttq = {**time_to_quality(pathlib.Path(args.quality), args.ems, args.repeat), "command": command,
-               "machine": describe_machine(args.device)}
+        sections["time_to_quality"] = {**time_to_quality(pathlib.Path(args.quality), args.ems, args.repeat), **made}
     saved = pathlib.Path(args.out + ".json")
-    if not kinds and saved.exists():  # time to quality alone: the network rows already there stay
-        result = {**json.loads(saved.read_text()), "time_to_quality": ttq}
+    if not kinds and saved.exists():  # no networks: the rows already there stay, with what is not remeasured
+        result = {**json.loads(saved.read_text()), **sections}
     else:
-        result = {"command": command, "machine": describe_machine(args.device), "threads": torch.get_num_threads(),
-                  "repeat": args.repeat, "seconds": time.perf_counter() - start, "rows": rows,
-                  "time_to_quality": ttq}
+        result = {**made, "threads": torch.get_num_threads(), "repeat": args.repeat,
+                  "seconds": time.perf_counter() - start, "rows": rows, **sections}
     write_result(args.out, result, markdown(result))
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0

@@ -48,7 +48,7 @@ def test_tiny_run_pairs_every_algorithm(speed, tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "speed"
     assert speed.main(["--nets", "mnist", "--batches", "mnist=1", "--nfe", "2", "--repeat", "1", "--threads", "1",
-                       "--out", str(out)]) == 0
+                       "--loop-alone", "2", "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     ours = [r for r in result["rows"] if r["source"] == "ddpmkit"]
     assert {r["variant"] for r in ours} == {name for name, _, _ in speed.PAIRS}
@@ -59,13 +59,19 @@ def test_tiny_run_pairs_every_algorithm(speed, tmp_path):
     for r in ours:
         theirs = next(q for q in result["rows"] if q["source"] == "diffusers" and q["variant"] == r["variant"])
         assert r["ours_over_diffusers"] == pytest.approx(r["wall_s"] / theirs["wall_s"])
+    alone = result["loop_alone"]["rows"]
+    assert {(r["shape"], r["batch"], r["sampler"]) for r in alone} == {
+        (shape, 2, name) for shape in ("28x28x1", "32x32x3") for name, _, _ in speed.PAIRS}
+    assert all(r["ours_over_diffusers"] == r["ours_ms"] / r["diffusers_ms"] for r in alone)
     report = out.with_suffix(".md").read_text()
     assert "## Summary" in report and "Our wall time over diffusers'" in report and "## mnist" in report
+    assert "## The loops alone" in report
     # time to quality alone adds its section and keeps the network rows
-    assert speed.main(["--nets", "", "--quality", str(quality_file(tmp_path)), "--repeat", "1",
+    assert speed.main(["--nets", "", "--loop-alone", "", "--quality", str(quality_file(tmp_path)), "--repeat", "1",
                        "--out", str(out)]) == 0
     again = json.loads(out.with_suffix(".json").read_text())
-    assert again["rows"] == result["rows"] and again["time_to_quality"]["command"].endswith("--out " + str(out))
+    assert again["rows"] == result["rows"] and again["loop_alone"] == result["loop_alone"]
+    assert again["time_to_quality"]["command"].endswith("--out " + str(out))
     assert "## Time to quality" in out.with_suffix(".md").read_text()
 
 
