@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import json
 import pathlib
+import shlex
 import statistics
 import sys
 import time
@@ -372,8 +373,9 @@ def time_to_quality(quality: pathlib.Path, ems: str | None, repeat: int, batch: 
 
 
 def summary(rows: list[dict], ttq: dict | None, alone: dict | None = None) -> list[str]:
-    """The targets' lines: our loop's overhead at batch 16 and above, our wall time and loop time over
-    diffusers' for the same algorithm, and the time to quality."""
+    """The targets' lines: our loop's overhead at batch 16 and above, our wall time over diffusers' for
+    the same algorithm (as measured, and over each run's network time), the loops alone, and the time
+    to quality."""
     ours = [r for r in rows if r["source"] == "ddpmkit"]
     lines = ["\n## Summary\n"]
     big = [r for r in ours if r["batch"] >= 16 and r["in_run_overhead"] is not None]
@@ -395,13 +397,6 @@ def summary(rows: list[dict], ttq: dict | None, alone: dict | None = None) -> li
                          f"the drift between runs): median **{statistics.median(clocked):.4f}**, from "
                          f"{clocked[0]:.4f} to {clocked[-1]:.4f}; at or below 1 in {sum(c <= 1 for c in clocked)} "
                          f"of {len(clocked)} pairs.")
-        for algo in dict.fromkeys(r["algorithm"] for r in paired):
-            loops = [r for r in paired if r["algorithm"] == algo and "loop_ours_over_diffusers" in r]
-            if loops:
-                lines.append(f"  - {algo}: our loop's own time a step {statistics.median(r['loop_ms_per_step'] for r in loops):.3f} ms "
-                             f"against diffusers' {statistics.median(r['loop_ms_per_step'] / r['loop_ours_over_diffusers'] for r in loops):.3f} "
-                             f"(medians over {len(loops)} rows; ours / diffusers {min(r['loop_ours_over_diffusers'] for r in loops):.2f} "
-                             f"to {max(r['loop_ours_over_diffusers'] for r in loops):.2f}).")
     if alone:
         ratios = sorted(r["ours_over_diffusers"] for r in alone["rows"])
         lines.append(f"- The loops alone (a network that costs nothing), {alone['nfe']} NFE: ours / diffusers "
@@ -491,7 +486,7 @@ def main(argv=None) -> int:
     alone_batches = [int(b) for b in args.loop_alone.split(",") if b]
     if not kinds and not args.quality and not alone_batches:
         p.error("--nets, --loop-alone and --quality are all empty: nothing to measure")
-    command = ("python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    command = ("python benchmarks/speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
     for kind in kinds:
         rows += measure(kind, [int(b) for b in batches[kind].split(",")], [int(n) for n in args.nfe.split(",")],
                         args.repeat, device, precisions=args.precisions.split(","), compile_net=args.compile)
