@@ -327,6 +327,8 @@ def time_to_quality(quality: pathlib.Path, ems: str | None, repeat: int, batch: 
 
     measured = [r for r in json.loads(quality.read_text())["rows"] if r["num"] >= 10000]
     side = {src: [r for r in measured if r["source"] == src] for src in ("ddpmkit", "diffusers")}
+    if not all(side.values()):
+        raise SystemExit(f"{quality}: time to quality needs rows of 10000 samples from both ddpmkit and diffusers")
     best = min(measured, key=lambda r: r["fid"])
     targets = {"within 10% of the best": 1.1 * best["fid"],
                "diffusers' best": min(r["fid"] for r in side["diffusers"])}
