@@ -427,7 +427,8 @@ def summary(rows: list[dict], ttq: dict | None, alone: dict | None = None) -> li
 
 def markdown(result: dict) -> str:
     rows = result["rows"]
-    lines = [f"# Sampling speed against diffusers\n\nMade by `{result['command']}` on {result['machine']}: "
+    made = "".join(f" and `{c}`" for c in result.get("merged", []))
+    lines = [f"# Sampling speed against diffusers\n\nMade by `{result['command']}`{made} on {result['machine']}: "
              "randomly initialised networks, the linear schedule (T = 1000), trailing grids; median of "
              f"{result['repeat']} interleaved runs. W: wall time of one batch; overhead: W / (NFE x F), F the "
              "bare forward timed apart; in run: W over the time spent inside the network during the same runs "
@@ -477,6 +478,8 @@ def main(argv=None) -> int:
                    help="the copy of the mnist model with DPM-Solver-v3's statistics, for --quality's rows that need it")
     p.add_argument("--loop-alone", default="1,16,64,256", metavar="B,B,...",
                    help="batch sizes of the loops on a network that costs nothing ('' for none)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows already in --out that this run does not remeasure (same net, batch, NFE)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed"))
     args = p.parse_args(argv)
     keep_freed_memory()
@@ -501,6 +504,12 @@ def main(argv=None) -> int:
     saved = pathlib.Path(args.out + ".json")
     if not kinds and saved.exists():  # no networks: the rows already there stay, with what is not remeasured
         result = {**json.loads(saved.read_text()), **sections}
+    elif args.merge and saved.exists():  # read now, at the end, so that runs side by side all land
+        result = json.loads(saved.read_text())
+        done = {(r["net"], r["batch"], r["nfe"]) for r in rows}
+        result["rows"] = [r for r in result["rows"] if (r["net"], r["batch"], r["nfe"]) not in done] + rows
+        result["merged"] = [*result.get("merged", []), command]
+        result.update(sections)
     else:
         result = {**made, "threads": torch.get_num_threads(), "repeat": args.repeat,
                   "seconds": time.perf_counter() - start, "rows": rows, **sections}

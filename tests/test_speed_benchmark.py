@@ -66,6 +66,13 @@ def test_tiny_run_pairs_every_algorithm(speed, tmp_path):
     report = out.with_suffix(".md").read_text()
     assert "## Summary" in report and "Our wall time over diffusers'" in report and "## mnist" in report
     assert "## The loops alone" in report
+    # --merge: a run at another batch keeps the rows it does not remeasure
+    assert speed.main(["--nets", "mnist", "--batches", "mnist=2", "--nfe", "2", "--repeat", "1", "--threads", "1",
+                       "--loop-alone", "", "--merge", "--out", str(out)]) == 0
+    merged = json.loads(out.with_suffix(".json").read_text())
+    assert {r["batch"] for r in merged["rows"]} == {1, 2} and merged["rows"][:len(result["rows"])] == result["rows"]
+    assert merged["loop_alone"] == result["loop_alone"] and merged["merged"][0].endswith("--out " + str(out))
+    result = merged
     # time to quality alone adds its section and keeps the network rows
     assert speed.main(["--nets", "", "--loop-alone", "", "--quality", str(quality_file(tmp_path)), "--repeat", "1",
                        "--out", str(out)]) == 0
