@@ -155,6 +155,18 @@ def timed(fn, device, clock: NetworkClock | None = None) -> tuple[float, float |
     return seconds, peak, None if clock is None else clock.seconds()
 
 
+def interleaved(runs: dict, repeat: int, device) -> dict:
+    """{key: the seconds of each of its runs}: every run once to warm up, then all of them in turn,
+    ``repeat`` times, so that a slow spell of a shared machine hits each one."""
+    for fn in runs.values():
+        timed(fn, device)
+    times = {key: [] for key in runs}
+    for _ in range(repeat):
+        for key, fn in runs.items():
+            times[key].append(timed(fn, device)[0])
+    return times
+
+
 def their_loop(call, cls_name, kwargs, schedule, nfe, shape, device):
     """diffusers' documented loop, from set_timesteps to the last step."""
     def run():
@@ -297,12 +309,7 @@ def loop_alone(batches: list[int], nfe: int, repeat: int, device) -> dict:
                 variants[name, "ddpmkit"] = lambda plan=plan, full=full, free=free: sample(
                     free, schedule, plan, shape=full, micro_batch=None, device=device)
                 variants[name, "diffusers"] = their_loop(free, cls_name, kw, schedule, nfe, full, device)
-            times = {key: [] for key in variants}
-            for fn in variants.values():  # warm-up
-                timed(fn, device)
-            for _ in range(repeat):
-                for key, fn in variants.items():
-                    times[key].append(timed(fn, device)[0])
+            times = interleaved(variants, repeat, device)
             for name, _, _ in PAIRS:
                 ours, theirs = (statistics.median(times[name, src]) * 1000 / nfe for src in ("ddpmkit", "diffusers"))
                 rows.append({"shape": shape_name, "batch": batch, "sampler": name, "ours_ms": ours,
@@ -352,16 +359,7 @@ def time_to_quality(quality: pathlib.Path, ems: str | None, repeat: int, batch: 
             reached = [r for r in rows if r["fid"] <= fid]
             row = min(reached, key=lambda r: (r["nfe"], r["fid"])) if reached else max(rows, key=lambda r: r["nfe"])
             picks[target, src] = (row, bool(reached))
-    runs = {id(row): runner(row) for row, _ in picks.values()}
-    times = {key: [] for key in runs}
-    with torch.no_grad():
-        for fn in runs.values():  # warm-up
-            fn()
-        for _ in range(repeat):
-            for key, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
+    times = interleaved({id(row): runner(row) for row, _ in picks.values()}, repeat, torch.device("cpu"))
     out = {"best": {k: best[k] for k in ("sampler", "grid", "nfe", "fid")}, "batch": batch, "targets": []}
     for target, fid in targets.items():
         entry = {"target": target, "fid": fid}

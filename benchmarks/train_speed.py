@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ddpmkit.machine import describe_machine, keep_freed_memory
 from ddpmkit.measure.report import table, write_result
-from ddpmkit.train import Trainer, autocast
+from ddpmkit.train import Trainer, autocast, net_preset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -189,8 +189,7 @@ def main(argv=None) -> int:
         rows = measure(trainer, args.steps, args.repeat)
     command = ("python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     result = {"command": command, "machine": describe_machine(args.device), "threads": torch.get_num_threads(),
-              "dataset": args.dataset, "batch": args.batch, "net": trainer.cfg.net if trainer.cfg.net != "auto"
-              else ("digits" if trainer.data.shape[1] <= 8 else "small"),
+              "dataset": args.dataset, "batch": args.batch, "net": net_preset(trainer.cfg.net, trainer.data.shape[1]),
               "params": sum(p.numel() for p in trainer.net.parameters()), "precision": args.precision,
               "steps": args.steps, "repeat": args.repeat, "rows": rows}
     write_result(args.out, result, markdown(result))

@@ -151,6 +151,11 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def net_preset(net: str, image_size: int) -> str:
+    """The U-Net preset that ``--net`` names; ``auto`` is digits for 8x8 data, small otherwise."""
+    return net if net != "auto" else ("digits" if image_size <= 8 else "small")
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast of the network's matrix work (norms and softmax stay float32), or nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -284,7 +289,7 @@ class Trainer:
         self.schedule = NoiseSchedule(cfg.schedule, cfg.T)
         self.abar = torch.tensor(self.schedule.alphas_cumprod, dtype=torch.float32, device=self.device)
         c, h, _ = self.data.shape
-        preset = cfg.net if cfg.net != "auto" else ("digits" if h <= 8 else "small")
+        preset = net_preset(cfg.net, h)
         classes = {}
         if cfg.conditional:
             if self.data.labels is None:
